@@ -1,0 +1,138 @@
+"""One reply from a list of messages: ids (with attention mask) → generate → answer split from reasoning.
+
+Magistral-Small-2506 writes its reasoning as ``<think>…</think>`` before the answer; later Magistral
+versions use ``[THINK]…[/THINK]`` control tokens. `split_reasoning` handles both, and a trace cut by the
+token limit (no closing marker): then everything generated is reasoning and the answer is empty, so
+unfinished reasoning is never shown or stored as if it were an answer.
+"""
+from __future__ import annotations
+
+import html
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .config import KitConfig
+from .diagnostics import details_html
+
+_OPEN = re.compile(r"<think>|\[THINK\]")
+_CLOSE = re.compile(r"</think>|\[/THINK\]")
+
+
+@dataclass
+class Reply:
+    """What the model said: the answer, its reasoning, and what it cost."""
+
+    answer: str
+    thinking: str
+    tokens_in: int
+    tokens_out: int
+    seconds: float
+    reasoning_complete: bool = True
+    stopped: str = "eos"  # 'eos' or 'max_new_tokens'
+    path: str = "generate"  # 'generate' or the fast decode path that produced it
+    notes: list[str] = field(default_factory=list)
+    raw: str = ""
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_out / self.seconds if self.seconds else 0.0
+
+    def to_html(self) -> str:
+        head = (f"<div style='color:#666'>{self.tokens_in} tokens in, {self.tokens_out} out, {self.seconds:.2f} s "
+                f"({self.tokens_per_second:.1f} tok/s), stopped at {self.stopped}, via {html.escape(self.path)}</div>")
+        think = ""
+        if self.thinking:
+            label = "reasoning" + ("" if self.reasoning_complete else " (cut by the token limit)")
+            think = details_html(f"{label}: {len(self.thinking)} characters", self.thinking)
+        answer = html.escape(self.answer) if self.answer else "<i>(no answer: the reasoning did not finish)</i>"
+        return f"{head}{think}<div style='white-space:pre-wrap'>{answer}</div>"
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+
+def split_reasoning(text: str) -> tuple[str, str, bool]:
+    """(thinking, answer, complete) from raw model text.
+
+    No opening marker and no closing marker: all answer. A closing marker without an opening one (the
+    template opened the trace): before it is reasoning. An opening marker that never closes: all reasoning,
+    incomplete.
+    """
+    close = _CLOSE.search(text)
+    open_ = _OPEN.search(text)
+    if open_ is None and close is None:
+        return "", text.strip(), True
+    if close is None:
+        return text[open_.end():].strip(), "", False
+    start = open_.end() if open_ is not None and open_.start() < close.start() else 0
+    thinking = text[start:close.start()].strip()
+    answer = _CLOSE.sub("", _OPEN.sub("", text[close.end():])).strip()
+    return thinking, answer, True
+
+
+def generate_reply(lm: Any, messages: list[dict], config: KitConfig, max_new_tokens: int | None = None,
+                   on_text: Callable[[str], None] | None = None) -> Reply:
+    """Generate a reply to `messages` with the loaded model `lm` (a `LoadedModel`).
+
+    `on_text` receives the text as it is produced (the reasoning trace included), for streaming into a
+    notebook. The attention mask is always passed.
+    """
+    import torch
+
+    ids = lm.encode_chat(messages)
+    limit = max_new_tokens or config.max_new_tokens
+    window = lm.context_window
+    if len(ids) >= window:
+        raise ValueError(f"the prompt has {len(ids)} tokens but the model's window is {window}. Fix: lower "
+                         "history_turns or top_k, or shorten the message")
+    limit = min(limit, window - len(ids))
+    input_ids = torch.tensor([ids], device=lm.model.device)
+    attention_mask = torch.ones_like(input_ids)
+    sampling: dict[str, Any] = {"do_sample": False}
+    if config.temperature > 0:
+        sampling = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p}
+    streamer = _TextCallbackStreamer(lm, on_text) if on_text else None
+    start = time.perf_counter()
+    out_ids, path, notes = _decode(lm, input_ids, attention_mask, limit, sampling, streamer, config)
+    seconds = time.perf_counter() - start
+    stopped = "eos" if out_ids and out_ids[-1] in lm.eos_token_ids else "max_new_tokens"
+    raw = lm.decode(out_ids)
+    thinking, answer, complete = split_reasoning(raw)
+    return Reply(answer=answer, thinking=thinking, tokens_in=len(ids), tokens_out=len(out_ids), seconds=seconds,
+                 reasoning_complete=complete, stopped=stopped, path=path, notes=notes, raw=raw)
+
+
+def _decode(lm: Any, input_ids: Any, attention_mask: Any, limit: int, sampling: dict, streamer: Any,
+            config: KitConfig) -> tuple[list[int], str, list[str]]:
+    import torch
+
+    with torch.inference_mode():
+        out = lm.model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=limit,
+                                eos_token_id=lm.eos_token_ids, pad_token_id=lm.eos_token_ids[0],
+                                streamer=streamer, **sampling)
+    return out[0, input_ids.shape[1]:].tolist(), "generate", []
+
+
+class _TextCallbackStreamer:
+    """A transformers streamer that decodes with the LoadedModel (tekken or HF) and passes new text on."""
+
+    def __init__(self, lm: Any, on_text: Callable[[str], None]) -> None:
+        self.lm, self.on_text, self.ids, self.shown, self.prompt_seen = lm, on_text, [], 0, False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # generate passes the prompt first
+            self.prompt_seen = True
+            return
+        self.ids.extend(value.reshape(-1).tolist())
+        text = self.lm.decode(self.ids)
+        if len(text) > self.shown and not text.endswith("\ufffd"):
+            self.on_text(text[self.shown:])
+            self.shown = len(text)
+
+    def end(self) -> None:
+        text = self.lm.decode(self.ids)
+        if len(text) > self.shown:
+            self.on_text(text[self.shown:])
+            self.shown = len(text)
