@@ -58,7 +58,7 @@ class LoadedModel:
     params: int
     context_window: int
     eos_token_ids: list[int]
-    system_prompt: str | None
+    system_prompt: str | None  # the model folder's own; KitConfig.system_prompt overrides it per prompt
     memory: MemoryReading
     weight_key: tuple
     loaded_from: str = ""  # what was read: converted folder, GGUF, bf16 weights, pre-quantized checkpoint
@@ -200,8 +200,6 @@ def _load(config: KitConfig, progress: bool) -> LoadedModel:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         eos = sorted({tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)} - {None})
         system_prompt = None
-    if config.system_prompt is not None:
-        system_prompt = config.system_prompt
     window = int(getattr(model.config, "max_position_embeddings", 0) or config.context_budget)
     return LoadedModel(
         model=model, tokenizer=tokenizer, tokenizer_kind="tekken" if is_tekken else "hf",
@@ -255,7 +253,11 @@ def _estimate_params(folder: Path) -> float:
         c = json.loads((folder / "config.json").read_text())
         c = c.get("text_config", c)
         h, n, inter, v = c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"], c["vocab_size"]
-        return n * (4 * h * h + 3 * h * inter) + 2 * v * h
+        heads = c.get("num_attention_heads", 32)
+        head_dim = c.get("head_dim") or h // heads
+        kv = c.get("num_key_value_heads", heads)
+        attention = 2 * h * heads * head_dim + 2 * h * kv * head_dim
+        return n * (attention + 3 * h * inter) + 2 * v * h
     except (OSError, KeyError, ValueError, TypeError):
         return 0.0
 

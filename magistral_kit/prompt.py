@@ -1,0 +1,108 @@
+"""The prompt of one turn: system prompt with memories, the recent exchanges, and the token budget.
+
+The budget is enforced by counting the tokens the model will really see (`LoadedModel.encode_chat`), not by
+estimating characters. What does not fit is dropped in a fixed order and reported: the oldest exchanges
+first, then the lowest-scored memories. The reply keeps a reserve of the budget (up to half of it) so a
+long prompt cannot leave no room to answer.
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .config import KitConfig
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer the user's message concisely."
+MEMORY_HEADER = ("What you remember about the user from earlier conversations (most relevant first; use a "
+                 "memory only if it helps answer):")
+
+
+class PromptTooLongError(ValueError):
+    """Even with no history and no memories, the message does not fit the context budget."""
+
+
+@dataclass
+class PromptPlan:
+    """The messages sent to the model and what the budget cut."""
+
+    messages: list[dict]
+    tokens: int
+    budget: int
+    reply_reserve: int
+    memories: list[Any]
+    exchanges_kept: int
+    exchanges_dropped_for_window: int = 0
+    exchanges_dropped_for_budget: int = 0
+    memories_dropped: list[Any] = field(default_factory=list)
+
+    @property
+    def trimmed(self) -> str:
+        parts = []
+        if self.exchanges_dropped_for_window:
+            parts.append(f"{self.exchanges_dropped_for_window} exchange(s) beyond the history window")
+        if self.exchanges_dropped_for_budget:
+            parts.append(f"{self.exchanges_dropped_for_budget} oldest exchange(s) for the token budget")
+        if self.memories_dropped:
+            parts.append(f"{len(self.memories_dropped)} lowest-scored memory(ies) for the token budget")
+        return "; ".join(parts) or "nothing"
+
+    def to_dict(self) -> dict:
+        return {"tokens": self.tokens, "budget": self.budget, "reply_reserve": self.reply_reserve,
+                "exchanges_kept": self.exchanges_kept,
+                "exchanges_dropped_for_window": self.exchanges_dropped_for_window,
+                "exchanges_dropped_for_budget": self.exchanges_dropped_for_budget,
+                "memories_dropped": [m.id for m in self.memories_dropped]}
+
+    def to_html(self) -> str:
+        return (f"<div>prompt: <b>{self.tokens:,}</b> tokens of a {self.budget:,}-token budget "
+                f"({self.reply_reserve:,} kept for the reply); {self.exchanges_kept} exchange(s) and "
+                f"{len(self.memories)} memory(ies) included; trimmed: {html.escape(self.trimmed)}</div>")
+
+
+def system_prompt_with_memories(base: str | None, memories: Sequence[Any]) -> str:
+    """The system prompt, with the retrieved memories appended as a list (none: the base alone)."""
+    text = base or DEFAULT_SYSTEM_PROMPT
+    if not memories:
+        return text
+    lines = "\n".join(f"- {m.text}" for m in memories)
+    return f"{text}\n\n{MEMORY_HEADER}\n{lines}"
+
+
+def build_prompt(lm: Any, config: KitConfig, user_text: str, history: Sequence[tuple[str, str]],
+                 memories: Sequence[Any]) -> PromptPlan:
+    """Fit system prompt + memories + recent exchanges + the new message into the budget."""
+    base = config.system_prompt if config.system_prompt is not None else lm.system_prompt
+    budget = min(config.context_budget, lm.context_window)
+    reserve = min(config.max_new_tokens, budget // 2)
+    limit = budget - reserve
+    window = list(history)[-config.history_turns:] if config.history_turns else []
+    dropped_window = len(history) - len(window)
+    kept_memories = sorted(memories, key=lambda m: m.score, reverse=True)
+    dropped_memories: list[Any] = []
+    dropped_budget = 0
+
+    def compose() -> list[dict]:
+        msgs = [{"role": "system", "content": system_prompt_with_memories(base, kept_memories)}]
+        for user, answer in window:
+            msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+        return msgs + [{"role": "user", "content": user_text}]
+
+    messages = compose()
+    tokens = lm.count_tokens(messages)
+    while tokens > limit and (window or kept_memories):
+        if window:
+            window.pop(0)
+            dropped_budget += 1
+        else:
+            dropped_memories.append(kept_memories.pop())
+        messages = compose()
+        tokens = lm.count_tokens(messages)
+    if tokens > limit:
+        raise PromptTooLongError(
+            f"the message alone needs {tokens:,} prompt tokens, more than the {limit:,} the budget allows "
+            f"(context_budget {budget:,} minus {reserve:,} reserved for the reply). Fix: shorten the message, "
+            "or lower max_new_tokens / raise context_budget (up to the model's window)")
+    return PromptPlan(messages=messages, tokens=tokens, budget=budget, reply_reserve=reserve,
+                      memories=kept_memories, exchanges_kept=len(window), exchanges_dropped_for_window=dropped_window,
+                      exchanges_dropped_for_budget=dropped_budget, memories_dropped=dropped_memories)
