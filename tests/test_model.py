@@ -83,7 +83,8 @@ def test_magistral_sized_model_refuses_the_cpu(tmp_path):
     import json
 
     (tmp_path / "config.json").write_text(json.dumps(
-        {"hidden_size": 5120, "num_hidden_layers": 40, "intermediate_size": 32768, "vocab_size": 131072}))
+        {"hidden_size": 5120, "num_hidden_layers": 40, "intermediate_size": 32768, "vocab_size": 131072,
+         "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128}))
     (tmp_path / "tekken.json").write_text("{}")
     with pytest.raises(GPUUnavailableError, match="23.6 B parameters"):
         load_model(KitConfig(model=str(tmp_path), device="auto"))
