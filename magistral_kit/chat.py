@@ -17,6 +17,7 @@ from typing import Callable
 from .config import KitConfig
 from .diagnostics import memory_reading
 from .generation import generate_reply
+from .logs import configure_logging
 from .model import LoadedModel, load_model
 from .prompt import build_prompt
 from .turn import Turn
@@ -112,6 +113,7 @@ def open_chat(config: KitConfig | None = None, progress: bool = True) -> Chat:
     from .memory import open_memory
 
     config = config or KitConfig()
+    configure_logging(config)
     lm = load_model(config, progress=progress)
     memory = open_memory(config.cube_path, embedder=config.embedder, retrieval=_retrieval_options(config))
     return Chat(config, lm, memory)
