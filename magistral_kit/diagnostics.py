@@ -82,3 +82,36 @@ def details_html(summary: str, body: str, open_: bool = False) -> str:
     """A collapsible block; body is pre-formatted text, escaped here."""
     return (f"<details{' open' if open_ else ''}><summary>{html.escape(summary)}</summary>"
             f"<pre style='white-space:pre-wrap'>{html.escape(body)}</pre></details>")
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine and library versions a benchmark figure was measured with (bench/ scripts record it)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import psutil
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+                            "python": platform.python_version(), "platform": platform.platform()}
+    versions = {}
+    for pkg in ("torch", "transformers", "bitsandbytes", "MemoryOS", "qdrant-client", "sentence-transformers",
+                "mistral-common"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    info["versions"] = versions
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
