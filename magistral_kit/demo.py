@@ -98,16 +98,16 @@ def cube_path(cube: str | Path) -> Path:
     return KitConfig(cube_dir=str(cube)).cube_path
 
 
-def reset_cube(cube: KitConfig | str | Path) -> Path:
+def reset_cube(cube: KitConfig | str | Path, enabled: bool = True) -> Path:
     """Delete a cube so the notebook starts it empty (refused when another process holds it open).
 
     Only folders that are kit cubes (a ``cube.json``) or empty are removed: a typo cannot delete a folder
-    of something else.
+    of something else. `enabled=False` does nothing (a notebook's ``RESET`` parameter passes through).
     """
     from .memory import open_memory
 
     path = cube.cube_path if isinstance(cube, KitConfig) else cube_path(cube)
-    if not path.exists():
+    if not enabled or not path.exists():
         return path
     if not (path / "cube.json").exists() and any(path.iterdir()):
         raise ValueError(f"{path} is not a memory cube (no cube.json); refusing to delete it. Fix: pick "
@@ -223,6 +223,23 @@ def turns_table(turns: Sequence[Any]) -> Any:
         row.update({f"{k} s": round(v, 2) for k, v in t.timings.steps.items()})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def versions() -> Any:
+    """The versions that decide a run's numbers (Python, torch, transformers, MemOS, qdrant, the kit) as a
+    one-row table, for the imports cell of every notebook."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import pandas as pd
+
+    row = {"python": platform.python_version()}
+    for dist in ("magistral-kit", "torch", "transformers", "MemoryOS", "qdrant-client", "plotly"):
+        try:
+            row[dist] = version(dist)
+        except PackageNotFoundError:
+            row[dist] = "(not installed)"
+    return pd.DataFrame([row], index=["version"])
 
 
 class Stopwatch:

@@ -215,8 +215,13 @@ class MemoryMap:
     query_xy: tuple[float, float] | None = None
 
     def write_html(self, path: str | Path | None = None) -> Path:
-        """Write the map as one standalone HTML file (plotly.js inlined: opens offline); default tmp/maps/."""
-        path = Path(path) if path else tmp_dir() / "maps" / "memory_map.html"
+        """Write the map as one standalone HTML file (plotly.js inlined: opens offline).
+
+        No path: ``tmp/maps/memory_map.html``; a bare file name goes under ``tmp/maps/`` too.
+        """
+        path = Path(path) if path else Path("memory_map.html")
+        if len(path.parts) == 1:
+            path = tmp_dir() / "maps" / path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.figure.write_html(str(path), include_plotlyjs=True, full_html=True)
         return path

@@ -1,0 +1,181 @@
+"""An optional ipywidgets chat panel: input box, send button, the conversation, the latest `Turn`'s
+diagnostics, and the cube's newest memories, refreshed after each turn.
+
+Why it is thin: widgets lose their state in headless runs (papermill, nbval, CI), so the panel owns no
+behaviour of its own. `ChatPanel.send` is `Chat.send` plus re-rendering three HTML strings
+(`conversation_html`, `Turn.to_html`, `memory_list_html`); every one of them is a plain function that works
+without ipywidgets, and the headless notebooks call the same functions. Without ipywidgets installed the
+panel still sends and renders as static HTML.
+
+    panel = chat_panel(chat)
+    panel                       # the widget in JupyterLab
+    panel.send("Hi, I'm Lena")  # same as typing it and pressing Send
+"""
+from __future__ import annotations
+
+import html
+from typing import Any, Sequence
+
+MEMORY_ROWS = 8
+
+
+# --- plain HTML (no widgets) --------------------------------------------------------------------------
+def conversation_html(turns: Sequence[Any], live: str | None = None) -> str:
+    """The conversation so far as chat bubbles (answers only; reasoning stays in the diagnostics)."""
+    parts = []
+    for t in turns:
+        parts.append(_bubble("you", t.user, "#e8f0fe", "right"))
+        answer = t.answer or ("(no answer: the reasoning did not finish)" if t.reply else "")
+        note = f" · {len(t.retrieved)} memories used" if t.retrieved else ""
+        parts.append(_bubble(f"assistant{note}", answer, "#f1f3f4", "left"))
+    if live is not None:
+        parts.append(_bubble("assistant (writing…)", live, "#fff8e1", "left"))
+    if not parts:
+        return "<div style='color:#888'><i>no messages yet: type one below</i></div>"
+    return "<div style='max-height:420px;overflow-y:auto'>" + "".join(parts) + "</div>"
+
+
+def _bubble(who: str, text: str, colour: str, side: str) -> str:
+    return (f"<div style='text-align:{side};margin:4px 0'><div style='display:inline-block;max-width:80%;"
+            f"text-align:left;background:{colour};border-radius:8px;padding:4px 8px'>"
+            f"<div style='font-size:80%;color:#666'>{html.escape(who)}</div>"
+            f"<div style='white-space:pre-wrap'>{html.escape(text)}</div></div></div>")
+
+
+def memory_list_html(memory: Any, newest: int = MEMORY_ROWS) -> str:
+    """The cube's newest memories (text, kind, provenance) and its total count."""
+    if memory is None:
+        return "<div><i>memory off</i></div>"
+    from .inspector import memory_table
+
+    table = memory_table(memory, newest=newest)
+    rows = "".join(f"<tr><td style='text-align:left'>{html.escape(str(r.text))}</td><td>{html.escape(str(r.kind))}"
+                   f"</td><td>{html.escape(str(r.source))}</td></tr>" for r in table.itertuples())
+    return (f"<div><b>memories</b>: {len(memory)} in the cube (newest {min(newest, len(memory))} shown)"
+            f"<table><tr><th>memory</th><th>kind</th><th>from turn</th></tr>{rows}</table></div>")
+
+
+def diagnostics_html(turns: Sequence[Any]) -> str:
+    """The latest turn's diagnostics (retrieved memories, prompt, timings…), or a hint before the first."""
+    return turns[-1].to_html() if turns else "<div style='color:#888'><i>diagnostics of the latest turn appear here</i></div>"
+
+
+# --- the panel ----------------------------------------------------------------------------------------
+class ChatPanel:
+    """A chat panel over an open `Chat`. The widget is built on first display; `send` works without it."""
+
+    def __init__(self, chat: Any, memory_rows: int = MEMORY_ROWS, stream: bool = True) -> None:
+        self.chat = chat
+        self.memory_rows = memory_rows
+        self.stream = stream
+        self.error: str | None = None
+        self._live: str | None = None
+        self._w: dict[str, Any] | None = None
+
+    # --- logic (headless) ---------------------------------------------------------------------------
+    @property
+    def turns(self) -> list[Any]:
+        return self.chat.turns
+
+    def send(self, text: str) -> Any:
+        """Send one message through the chat and refresh the panel; returns the `Turn`."""
+        self._live = "" if self.stream and self._w is not None else None
+        on_text = self._on_text if self._live is not None else None
+        try:
+            turn = self.chat.send(text, on_text=on_text)
+        finally:
+            self._live = None
+        self.error = None
+        self.refresh()
+        return turn
+
+    def _on_text(self, piece: str) -> None:
+        self._live = (self._live or "") + piece
+        if self._w is not None:
+            self._w["conversation"].value = conversation_html(self.turns, live=self._live)
+
+    def to_html(self) -> str:
+        """The whole panel as static HTML (what a headless run or a non-widget frontend shows)."""
+        return ("<div style='border:1px solid #ccc;padding:6px'>" + conversation_html(self.turns)
+                + "<hr>" + diagnostics_html(self.turns) + "<hr>"
+                + memory_list_html(self.chat.memory, self.memory_rows) + "</div>")
+
+    # --- widgets ------------------------------------------------------------------------------------
+    def widget(self) -> Any:
+        """The ipywidgets panel (built once). Raises ImportError when ipywidgets is not installed."""
+        if self._w is None:
+            self._w = self._build()
+        return self._w["root"]
+
+    def _build(self) -> dict[str, Any]:
+        import ipywidgets as W
+
+        w: dict[str, Any] = {
+            "conversation": W.HTML(conversation_html(self.turns)),
+            "input": W.Text(placeholder="Type a message and press Enter or Send", continuous_update=False,
+                            layout=W.Layout(width="70%")),
+            "button": W.Button(description="Send", button_style="primary", icon="paper-plane"),
+            "status": W.HTML(""),
+            "diagnostics": W.HTML(diagnostics_html(self.turns)),
+            "memories": W.HTML(memory_list_html(self.chat.memory, self.memory_rows)),
+        }
+        w["button"].on_click(lambda _b: self._submit())
+        if hasattr(w["input"], "on_submit"):  # Enter in the box (deprecated in ipywidgets 8, still there)
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                w["input"].on_submit(lambda _t: self._submit())
+        details = W.Accordion(children=[w["diagnostics"], w["memories"]],
+                              titles=("latest turn: diagnostics", "memories"))
+        details.selected_index = 0
+        w["root"] = W.VBox([w["conversation"], W.HBox([w["input"], w["button"]]), w["status"], details])
+        return w
+
+    def _submit(self) -> None:
+        """The Send button: take the input box's text, send it, report errors in the panel (not lost in a
+        callback's void)."""
+        w = self._w
+        text = (w["input"].value or "").strip()
+        if not text:
+            w["status"].value = "<span style='color:#888'>type a message first</span>"
+            return
+        w["input"].value = ""
+        w["button"].disabled = w["input"].disabled = True
+        w["status"].value = "<span style='color:#666'>thinking… (retrieve → generate → extract → store)</span>"
+        try:
+            self.send(text)
+            w["status"].value = ""
+        except Exception as exc:  # noqa: BLE001 - show it in the panel, the callback has nowhere else
+            self.error = f"{type(exc).__name__}: {exc}"
+            w["status"].value = f"<span style='color:#b00'>⚠ {html.escape(self.error)}</span>"
+            w["input"].value = text
+        finally:
+            w["button"].disabled = w["input"].disabled = False
+
+    def refresh(self) -> None:
+        """Re-render conversation, diagnostics and memory list from the chat (no-op without the widget)."""
+        if self._w is None:
+            return
+        self._w["conversation"].value = conversation_html(self.turns)
+        self._w["diagnostics"].value = diagnostics_html(self.turns)
+        self._w["memories"].value = memory_list_html(self.chat.memory, self.memory_rows)
+
+    # --- display ------------------------------------------------------------------------------------
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict:
+        bundle = {"text/plain": repr(self), "text/html": self.to_html()}
+        try:
+            widget = self.widget()
+        except ImportError:
+            return bundle
+        data = widget._repr_mimebundle_() or {}
+        return {**bundle, **data, "text/plain": repr(self)}
+
+    def __repr__(self) -> str:
+        n = len(self.chat.memory) if getattr(self.chat, "memory", None) is not None else 0
+        return f"ChatPanel({len(self.turns)} turns, {n} memories)"
+
+
+def chat_panel(chat: Any, memory_rows: int = MEMORY_ROWS, stream: bool = True) -> ChatPanel:
+    """A chat panel over `chat` (display it in JupyterLab; `panel.send(text)` works headless too)."""
+    return ChatPanel(chat, memory_rows=memory_rows, stream=stream)
