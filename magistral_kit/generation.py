@@ -108,11 +108,37 @@ def _decode(lm: Any, input_ids: Any, attention_mask: Any, limit: int, sampling: 
             config: KitConfig) -> tuple[list[int], str, list[str]]:
     import torch
 
+    if config.fast_decode and lm.quantization == "nf4" and str(lm.device).startswith("cuda"):
+        return _fast_decode(lm, input_ids, attention_mask, limit, sampling, streamer, config)
     with torch.inference_mode():
         out = lm.model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=limit,
                                 eos_token_id=lm.eos_token_ids, pad_token_id=lm.eos_token_ids[0],
                                 streamer=streamer, **sampling)
     return out[0, input_ids.shape[1]:].tolist(), "generate", []
+
+
+def _fast_decode(lm: Any, input_ids: Any, attention_mask: Any, limit: int, sampling: dict, streamer: Any,
+                 config: KitConfig) -> tuple[list[int], str, list[str]]:
+    """The CUDA-graph decode loop (fast_decode.py); it falls back to generate itself and says why in the notes."""
+    import torch
+
+    from .fast_decode import cache_steps_for, fast_generate
+
+    if streamer is not None:
+        streamer.put(input_ids)  # the streamer skips the prompt, as under generate
+    res = fast_generate(
+        lm.model, input_ids, attention_mask, limit, lm.eos_token_ids, sampling.get("temperature", 0.0),
+        sampling.get("top_p", 1.0), on_token=(lambda t: streamer.put(torch.tensor([t]))) if streamer else None,
+        cache_steps=cache_steps_for(min(config.context_budget, lm.context_window)), compile=config.compile)
+    if streamer is not None:
+        streamer.end()
+    if res.reason:
+        return res.ids, res.path, [f"fast decode not used: {res.reason}"]
+    note = (f"fast decode ({res.path}): cache {res.cache_len:,} tokens, prefill {res.prefill_seconds:.2f} s, "
+            f"{res.decode_tok_per_s:.1f} tok/s")
+    if res.capture_seconds or res.compile_seconds:
+        note += f"; one-time capture {res.capture_seconds:.1f} s, compile {res.compile_seconds:.1f} s"
+    return res.ids, res.path, [note]
 
 
 class _TextCallbackStreamer:

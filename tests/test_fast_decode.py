@@ -248,3 +248,22 @@ def test_cache_steps_for_budget() -> None:
     assert cache_steps_for(40_000) == (8192, 16384, 32768, 40_000)
     assert cache_steps_for(8192) == (8192,)
     assert cache_steps_for(10_000) == (8192, 10_000)
+
+
+def test_generation_fast_path_streams_and_reports(tiny: MistralForCausalLM) -> None:
+    """generate_reply's fast branch: the streamer sees every new token once, the notes say which path ran."""
+    from types import SimpleNamespace
+
+    from magistral_kit import generation
+    from magistral_kit.config import KitConfig
+
+    lm = SimpleNamespace(model=tiny, eos_token_ids=[2], context_window=4096,
+                         decode=lambda ids: " ".join(str(i) for i in ids if i != 2))
+    pieces: list[str] = []
+    streamer = generation._TextCallbackStreamer(lm, pieces.append)
+    ids = _prompt(12, seed=18)
+    out, path, notes = generation._fast_decode(lm, ids, torch.ones_like(ids), 7, {"do_sample": False}, streamer,
+                                               KitConfig(context_budget=4096))
+    assert len(out) == 7 and path == "generate" and notes == [
+        "fast decode not used: CUDA graphs need a CUDA device (model is on cpu)"]
+    assert "".join(pieces) == lm.decode(out)
