@@ -1,0 +1,79 @@
+"""The chat panel: its HTML pieces work without widgets; the widget builds headless and a send refreshes it."""
+from __future__ import annotations
+
+import builtins
+
+import pytest
+
+from magistral_kit import ui
+from magistral_kit.chat import open_chat
+from magistral_kit.config import KitConfig
+
+
+@pytest.fixture(scope="module")
+def chat(tmp_path_factory):
+    config = KitConfig(cube_dir=str(tmp_path_factory.mktemp("cubes") / "panel"), temperature=0.0,
+                       max_new_tokens=16, extraction_max_new_tokens=16)
+    c = open_chat(config, progress=False)
+    yield c
+    c.close()
+
+
+def test_empty_panel_pieces_say_what_will_appear():
+    assert "no messages yet" in ui.conversation_html([])
+    assert "diagnostics of the latest turn" in ui.diagnostics_html([])
+    assert "memory off" in ui.memory_list_html(None)
+
+
+def test_panel_builds_headless_and_sends_refresh_conversation_diagnostics_and_memories(chat):
+    panel = ui.chat_panel(chat, memory_rows=3)
+    root = panel.widget()
+    w = panel._w
+    assert root.children[0] is w["conversation"] and "no messages yet" in w["conversation"].value
+    before = len(chat.memory)
+    # programmatic send: the same call a headless run makes
+    turn = panel.send("My bicycle is green and I ride it to work.")
+    assert "My bicycle is green" in w["conversation"].value
+    assert turn.id in w["diagnostics"].value and "retrieved" in w["diagnostics"].value
+    assert len(chat.memory) > before and f"{len(chat.memory)} in the cube" in w["memories"].value
+    # typing into the box and pressing Send
+    w["input"].value = "What colour is my bicycle?"
+    w["button"].click()
+    assert panel.error is None and w["input"].value == "" and not w["button"].disabled
+    assert len(chat.turns) == 2 and "What colour is my bicycle?" in w["conversation"].value
+    assert chat.turns[-1].id in w["diagnostics"].value
+    assert chat.turns[-1].answer and ui.conversation_html(chat.turns).count("assistant") == 2
+    bundle = panel._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle and "ChatPanel(2 turns" in bundle["text/plain"]
+
+
+def test_send_button_reports_errors_in_the_panel_and_keeps_the_text(chat):
+    panel = ui.chat_panel(chat)
+    panel.widget()
+    turns = len(chat.turns)
+    panel._w["input"].value = "   "
+    panel._w["button"].click()
+    assert "type a message first" in panel._w["status"].value and len(chat.turns) == turns
+    too_long = "memory " * 12_000  # more tokens than the model's 8,192 window: send() raises
+    panel._w["input"].value = too_long
+    panel._w["button"].click()
+    assert "⚠" in panel._w["status"].value and panel.error
+    assert "PromptTooLongError" in panel.error and len(chat.turns) == turns
+    assert panel._w["input"].value == too_long.strip() and not panel._w["button"].disabled
+
+
+def test_panel_works_without_ipywidgets(chat, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_widgets(name, *args, **kwargs):
+        if name == "ipywidgets" or name.startswith("ipywidgets."):
+            raise ImportError("No module named 'ipywidgets'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_widgets)
+    panel = ui.chat_panel(chat)
+    with pytest.raises(ImportError):
+        panel.widget()
+    bundle = panel._repr_mimebundle_()
+    assert set(bundle) == {"text/plain", "text/html"}
+    assert "memories" in bundle["text/html"] and "diagnostics" not in bundle["text/plain"]
