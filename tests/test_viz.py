@@ -147,3 +147,33 @@ def test_build_demo_cube_resets_and_edits_show_before_and_after(tmp_path):
     table = inspector.memory_table(mem)
     assert target not in table["id"].tolist() and list(table.columns[:3]) == ["text", "kind", "source"]
     mem.close()
+
+
+def test_inspector_maps_a_cube_another_process_holds_open(tmp_path):
+    """The inspector's workflow beside a running chat: another process holds the cube writable; here it is
+    opened read-only (no lock), tabled and mapped."""
+    import subprocess
+    import sys
+
+    from magistral_kit.memory import CubeLockedError, open_memory
+
+    path = tmp_path / "held"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys\nfrom magistral_kit import demo\nfrom magistral_kit.memory import open_memory\n"
+         f"m = open_memory({str(path)!r})\ndemo.ingest(m, demo.demo_items(7), progress=False)\n"
+         "print('ready', flush=True)\nsys.stdin.read()\nm.close()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(CubeLockedError):
+            open_memory(path)
+        mem = demo.open_if_present(str(path))
+        assert mem.read_only and len(inspector.memory_table(mem)) == 7
+        m = viz.memory_map(mem, query="Who is Ana?", top_k=3, method="pca", progress=False)
+        assert len(m.points) == 7 and len(m.hits) == 3
+        mem.close()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert holder.returncode == 0
