@@ -151,8 +151,8 @@ def project(vectors: np.ndarray, method: Method = "auto", seed: int = 0,
     """
     x = np.asarray(vectors, dtype=np.float32)
     n = len(x)
-    if n == 0:
-        return np.zeros((0, 2)), (np.zeros((0, 2)) if extra is not None else None), "none"
+    if n == 0:  # an empty cube: nothing to project, a query (if any) sits at the origin
+        return np.zeros((0, 2)), (np.zeros((len(extra), 2)) if extra is not None else None), "none"
     if method == "auto":
         method = "umap" if n >= UMAP_MIN_POINTS and _has_umap() else "pca"
     if method == "umap":

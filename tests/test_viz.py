@@ -177,3 +177,13 @@ def test_inspector_maps_a_cube_another_process_holds_open(tmp_path):
         holder.stdin.close()
         holder.wait(timeout=60)
     assert holder.returncode == 0
+
+
+def test_an_empty_cube_draws_an_empty_map_and_heatmap(tmp_path):
+    from magistral_kit.memory import open_memory
+
+    with open_memory(tmp_path / "empty") as mem:
+        m = viz.memory_map(mem, query="anything", progress=False)
+        assert len(m.points) == 0 and m.hits == [] and m.method == "none"
+        assert np.array(viz.similarity_heatmap(mem, progress=False).data[0].z).size == 0
+        assert inspector.memory_table(mem).empty and inspector.search_table(mem, "x").empty
