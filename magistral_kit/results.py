@@ -12,14 +12,13 @@ from typing import Any
 MIME = "application/vnd.magistral-kit.results+json"
 
 
-def record(**values: Any) -> dict:
-    """Display `values` (JSON-serialisable) as this notebook's recorded results and return them."""
+def record(**values: Any) -> None:
+    """Display `values` (JSON-serialisable) as this notebook's recorded results."""
     from IPython.display import display
 
     data = json.loads(json.dumps(values, default=str))
     display({MIME: data, "text/plain": "recorded: " + ", ".join(f"{k}={v!r}"[:80] for k, v in data.items())},
             raw=True)
-    return data
 
 
 def read_results(notebook: str | Path) -> dict:
