@@ -2,8 +2,14 @@
 
 `SentenceTransformer.encode` costs ~6 ms per query here (sorting, a progress-bar check, device moves and
 list conversions around a ~4 ms forward). Calling the loaded modules directly under `inference_mode` keeps
-the same numbers (same tokenizer, pooling and normalisation) at the forward's cost. Torch's thread count
-is left alone: it is the process's, shared with the chat model.
+the same numbers (same tokenizer, pooling and normalisation) at the forward's cost.
+
+Threads: a 6-layer MiniLM forward on one short text is too small to split. With torch's default of one
+thread per core and other processes on the cores, OpenMP's spin-waiting made it 40–470 ms instead of
+~7 ms (measured on the shared 2-core box). So small batches (≤ `small_batch` texts) run on ONE thread:
+torch's thread count is set to 1 for that call and restored afterwards (process-wide for those few
+milliseconds; the chat embeds and generates one after the other, never at once). Large batches
+(ingestion, re-embedding) keep all threads.
 """
 from __future__ import annotations
 
@@ -46,6 +52,7 @@ class Embedder:
         self.model.eval()
         self.dimension = int(self.model.get_sentence_embedding_dimension())
         self._lock = threading.Lock()  # one forward at a time; torch modules are not re-entrant
+        self.small_batch = 8
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         import torch
@@ -55,11 +62,19 @@ class Embedder:
         order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths → less padding
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         with self._lock, torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                idx = order[start:start + batch_size]
-                features = self.model.tokenize([texts[i] for i in idx])
-                emb = self.model(features)["sentence_embedding"]
-                out[idx] = emb.float().numpy()
+            threads = torch.get_num_threads()
+            single = len(texts) <= self.small_batch and threads > 1
+            if single:
+                torch.set_num_threads(1)
+            try:
+                for start in range(0, len(texts), batch_size):
+                    idx = order[start:start + batch_size]
+                    features = self.model.tokenize([texts[i] for i in idx])
+                    emb = self.model(features)["sentence_embedding"]
+                    out[idx] = emb.float().numpy()
+            finally:
+                if single:
+                    torch.set_num_threads(threads)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.divide(out, norms, out=out, where=norms > 0)
         return out

@@ -209,6 +209,8 @@ def index_healthy(vecdb: Any) -> bool:
         name = vecdb.config.collection_name
         vecdb.client.count(name)
         vecdb.client.scroll(name, limit=1, with_payload=False, with_vectors=False)
+        size = vecdb.client.get_collection(name).config.params.vectors.size
+        vecdb.client.query_points(name, query=[1.0] * size, limit=1, with_payload=False)
         return True
     except Exception:  # noqa: BLE001 - any failure means "not usable"
         return False
