@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Device-tool driver for bench/gpu_chat.py (run from the repo root on the device, .whl carried):
+#   bash bench/device_run.sh quick            2-layer smoke run of every stage, in the foreground
+#   bash bench/device_run.sh launch           the full 40-layer run as ONE background process (setsid: it
+#                                             outlives this call while the machine is held)
+#   bash bench/device_run.sh poll SECONDS     wait up to SECONDS for it to finish; copy its JSON + log to $OUT
+source bench/device_setup.sh || exit 1
+case "$1" in
+  quick)
+    python3 bench/gpu_chat.py --layers 2 --quick --out "$OUT/quick.json" --work /tmp/quick 2>&1 | tee "$OUT/quick.log" | grep -v Warning | cut -c1-300 | tail -70
+    rm -rf /tmp/quick ;;
+  launch)
+    mkdir -p /tmp/full
+    setsid nohup python3 bench/gpu_chat.py --out /tmp/full/gpu_chat.json --work /tmp/gpuchat > /tmp/full/log 2>&1 < /dev/null &
+    sleep 2; echo "launched" ;;
+  poll)
+    for _ in $(seq "$(( ${2:-500} / 5 ))"); do
+      grep -q '"done"' /tmp/full/gpu_chat.json 2>/dev/null && break
+      pgrep -f "bench/gpu_chat.py --out /tmp/full" > /dev/null || break
+      sleep 5
+    done
+    cp /tmp/full/gpu_chat.json /tmp/full/log "$OUT/" 2>/dev/null
+    grep -v Warning /tmp/full/log | cut -c1-300 | tail -60 ;;
+esac
