@@ -282,8 +282,9 @@ def strip_reasoning(text: str) -> tuple[str, str]:
     """(answer, reasoning): removes every closed `<think>…</think>` / `[THINK]…[/THINK]` block; an unclosed
     opening tag means the whole rest is reasoning (a truncated reply).
 
-    Bug avoided: MemOS's `remove_think_prefix` only strips a LEADING `<think>…</think>` and knows nothing of
-    Magistral's `[THINK]` tokens, so reasoning gets parsed (and stored) as the answer.
+    Bug avoided: MemOS's `remove_think_prefix` option (`memos.llms.utils.remove_thinking_tags`) only strips
+    a LEADING `<think>…</think>` and knows nothing of Magistral's `[THINK]` tokens or of an unclosed block
+    (a truncated reply), so reasoning gets parsed (and stored) as the answer.
     """
     reasoning = [m.group(0) for m in _THINK_BLOCK.finditer(text)]
     answer = _THINK_BLOCK.sub("", text)
