@@ -168,7 +168,28 @@ def _items_from(text: str, notes: list[str]) -> tuple[list[ExtractedItem] | None
     if loose:
         notes.append(f"output is not complete JSON: {len(loose)} complete item(s) salvaged")
         return loose, False
+    literal = _python_literal(text)
+    if literal is not None:
+        scratch = []
+        items, _ = _items_from_obj(literal, scratch)
+        if items:
+            notes.extend(scratch)
+            notes.append("read as a Python literal (single quotes), not JSON")
+            return items, False
     return None, False
+
+
+def _python_literal(text: str) -> Any:
+    """Weak models answer with a Python dict repr ({'key': 'x'}); read it without evaluating code."""
+    import ast
+
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start or end - start > 20_000:
+        return None
+    try:
+        return ast.literal_eval(text[start:end + 1])
+    except Exception:  # noqa: BLE001 - SyntaxError, ValueError, RecursionError, MemoryError on junk
+        return None
 
 
 def _whole_json(text: str) -> Any:
