@@ -81,6 +81,23 @@ class KitConfig(BaseModel):
     extract: bool = _field(True, "memory", "run MemOS extraction after each turn")
     extraction_max_new_tokens: int = _field(
         256, "memory", "cap on the extractor's output, so a weak model cannot spend minutes", ge=16)
+    # --- retrieval -----------------------------------------------------------------------------------
+    # Defaults = the best setting measured on LoCoMo conversations 26/30/41/42/43 (bench/locomo_recall.py).
+    retrieval_speaker_in_text: bool = _field(
+        True, "retrieval", "embed 'Speaker: text' (meta['speaker']); LoCoMo r@5 0.239 → 0.422 (baseline)")
+    retrieval_date_in_text: bool = _field(
+        True, "retrieval", "prefix the session date (meta['date']) to the embedded text")
+    retrieval_context_turns: int = _field(
+        0, "retrieval", "preceding turns (meta['context']) embedded for scoring only; provenance unchanged",
+        ge=0, le=5)
+    retrieval_lexical_weight: float = _field(
+        0.5, "retrieval", "weight of BM25 in the hybrid score; 0 = dense cosine only", ge=0.0, le=10.0)
+    retrieval_fusion: Literal["linear", "rrf"] = _field(
+        "linear", "retrieval", "'linear' = cosine + w·bm25/max; 'rrf' = reciprocal-rank fusion")
+    retrieval_query_rewrite: bool = _field(
+        False, "retrieval", "drop the question word before embedding the query (no LLM)")
+    retrieval_candidates: int = _field(
+        50, "retrieval", "dense candidates (and as many BM25 ones) re-ranked per search", ge=1, le=1000)
     # --- logging -------------------------------------------------------------------------------------
     log_dir: str = _field("", "logging", "folder for log files; '' = tmp/logs")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _field(
