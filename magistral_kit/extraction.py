@@ -176,7 +176,27 @@ def _items_from(text: str, notes: list[str]) -> tuple[list[ExtractedItem] | None
             notes.extend(scratch)
             notes.append("read as a Python literal (single quotes), not JSON")
             return items, False
+    values = _complete_values(text)
+    if values:
+        notes.append(f"output cut inside an item: {len(values)} complete \"value\" string(s) salvaged")
+        return values, False
     return None, False
+
+
+_VALUE_STRING = re.compile(r'"value"\s*:\s*"((?:[^"\\\n]|\\.)*)"')
+
+
+def _complete_values(text: str) -> list[ExtractedItem]:
+    """Last resort for a reply cut mid-item: every complete "value": "..." string."""
+    out = []
+    for match in _VALUE_STRING.finditer(text):
+        try:
+            value = json.loads(f'"{match.group(1)}"')
+        except ValueError:
+            continue
+        if value.strip():
+            out.append(ExtractedItem(value.strip()))
+    return out
 
 
 def _python_literal(text: str) -> Any:
@@ -256,8 +276,8 @@ def _items_from_obj(obj: Any, notes: list[str], bare_item: bool = True) -> tuple
 
 
 def _item(entry: dict) -> ExtractedItem | None:
-    value = next((entry[k] for k in _VALUE_KEYS if k in entry), None)
-    if not isinstance(value, str) or not value.strip():
+    value = next((entry[k] for k in _VALUE_KEYS if isinstance(entry.get(k), str) and entry[k].strip()), None)
+    if value is None:
         return None
     key = entry.get("key")
     mtype = entry.get("memory_type")
