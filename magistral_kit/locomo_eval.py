@@ -156,6 +156,15 @@ def ingest(conv: Conversation, mode: str = "raw", options: RetrievalOptions | No
     return mem, info
 
 
+def extractor(mode: str, config: Any) -> LLM | None:
+    """The extractor callable ``extract`` mode needs (loads `config`'s model, cached); None for ``raw``."""
+    if mode != "extract":
+        return None
+    from .model import load_model
+
+    return model_llm(load_model(config), config)
+
+
 def model_llm(lm: Any, config: Any) -> LLM:
     """The loaded model as the extractor's callable (greedy, like the chat's extractor)."""
     from .generation import generate_reply

@@ -1,0 +1,150 @@
+"""LoCoMo recall@k through the product's memory layer, written to JSON.
+
+    python bench/locomo_recall.py --mode raw --out bench/results/locomo_raw.json            # all 10, CPU
+    python bench/locomo_recall.py --mode extract --conversations 30 --out bench/results/locomo_extract.json
+
+raw: every dialogue turn one memory, with the retrieval settings of `KitConfig()` (the chat's defaults),
+plus the baseline (plain cosine over ``Speaker: text``) measured the same way unless ``--no-baseline``.
+extract: MemOS extraction per session with the embedded model (`load_model(KitConfig())`); raw recall on the
+same conversations is recorded next to it. ``--set lexical_weight=0`` changes one retrieval setting;
+``--ablate`` adds one run per improvement switched on in turn (slow: one ingestion each).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from magistral_kit.config import REPO_ROOT, KitConfig  # noqa: E402
+from magistral_kit.diagnostics import machine_info  # noqa: E402
+from magistral_kit.locomo import (HELD_OUT, REFERENCE_BASELINE, TUNING_SET, evidence_report,  # noqa: E402
+                                  load_locomo, summarise)
+from magistral_kit.retrieval import RetrievalOptions  # noqa: E402
+from magistral_kit import locomo_eval as le  # noqa: E402
+
+
+def split(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Overall and per-category recall, plus the tuning and held-out halves."""
+    out = summarise(rows)
+    for name, ids in (("tuning_set", TUNING_SET), ("held_out", HELD_OUT)):
+        sub = [r for r in rows if r["conversation"] in ids]
+        if sub:
+            s = summarise(sub)
+            out[name] = {"conversations": list(ids), **s["overall"], "per_category": s["per_category"]}
+    return out
+
+
+def parse_set(values: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for v in values:
+        key, _, raw = v.partition("=")
+        out[key] = json.loads(raw) if raw not in ("linear", "rrf") else raw
+    return out
+
+
+def ablation_steps(best: RetrievalOptions) -> list[tuple[str, RetrievalOptions]]:
+    """Cumulative: baseline, then each improvement of the best setting switched on in turn."""
+    steps = [("baseline (speaker)", le.baseline_options())]
+    o = steps[0][1]
+    if best.lexical_weight:
+        o = o.replace(lexical_weight=best.lexical_weight, fusion=best.fusion, candidates=best.candidates)
+        steps.append(("+ bm25", o))
+    if best.date_in_text:
+        o = o.replace(date_in_text=True)
+        steps.append(("+ date", o))
+    if best.context_turns:
+        o = o.replace(context_turns=best.context_turns)
+        steps.append((f"+ context {best.context_turns}", o))
+    if best.query_rewrite:
+        o = o.replace(query_rewrite=True)
+        steps.append(("+ rewrite", o))
+    return steps
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=["raw", "extract"], default="raw")
+    ap.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/locomo_<mode>.json)")
+    ap.add_argument("--locomo", default=None, help="folder or locomo10.json (default ../shared/locomo)")
+    ap.add_argument("--conversations", default=None,
+                    help="comma-separated ids (default: all for raw, '30' for extract)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a retrieval option, e.g. lexical_weight=0")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the measured baseline (reference only)")
+    ap.add_argument("--ablate", action="store_true", help="one run per improvement, cumulative")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="extractor cap (default: KitConfig's)")
+    args = ap.parse_args(argv)
+
+    config = KitConfig()
+    options = RetrievalOptions.from_config(config).replace(**parse_set(args.set))
+    wanted = args.conversations.split(",") if args.conversations else (None if args.mode == "raw" else ["30"])
+    convs = load_locomo(args.locomo, wanted)
+    out_path = args.out or REPO_ROOT / "bench" / "results" / f"locomo_{args.mode}.json"
+    started = time.perf_counter()
+    result: dict[str, Any] = {"mode": args.mode, "conversations": [c.sample_id for c in convs],
+                              "options": asdict(options), "options_label": options.describe(),
+                              "evidence_fixes": evidence_report(convs)}
+    llm = None
+    if args.mode == "extract":
+        from magistral_kit import load_model
+
+        t = time.perf_counter()
+        lm = load_model(config)
+        result["model"] = {"name": config.model, "load_seconds": round(time.perf_counter() - t, 1)}
+        llm = le.model_llm(lm, config)
+    max_new = args.max_new_tokens or config.extraction_max_new_tokens
+    run = le.run(convs, args.mode, options, llm=llm, max_new_tokens=max_new)
+    result.update(split(run.rows))
+    result["ingestion"] = run.ingestion
+    result["run_seconds"] = run.seconds
+    print(f"{args.mode} {options.describe()}: {result['overall']} in {run.seconds:.0f} s", flush=True)
+    if args.mode == "extract":
+        raw = le.run(convs, "raw", options, progress=True)
+        result["raw_same_conversations"] = split(raw.rows)
+        print(f"raw on the same conversations: {result['raw_same_conversations']['overall']}", flush=True)
+    if not args.no_baseline:
+        base = le.run(convs, "raw", le.baseline_options())
+        result["baseline"] = {"options_label": le.baseline_options().describe(), **split(base.rows),
+                              "run_seconds": base.seconds, "reference": REFERENCE_BASELINE}
+        print(f"baseline: {result['baseline']['overall']} in {base.seconds:.0f} s", flush=True)
+    else:
+        result["baseline"] = {"reference": REFERENCE_BASELINE}
+    if args.ablate:
+        result["ablation"] = []
+        for label, o in ablation_steps(options):
+            r = le.run(convs, "raw", o, progress=False)
+            s = split(r.rows)
+            result["ablation"].append({"step": label, "options": asdict(o), "overall": s["overall"],
+                                       "tuning_set": s.get("tuning_set"), "held_out": s.get("held_out"),
+                                       "run_seconds": r.seconds})
+            print(f"ablation {label}: {s['overall']}", flush=True)
+    result["seconds_total"] = round(time.perf_counter() - started, 1)
+    info = machine_info()
+    result["versions"] = {**info.pop("versions", {}), "magistral_kit_commit": git_commit()}
+    result["machine"] = {**info, "load_average_at_end": os.getloadavg()}
+    for r in result.get("per_conversation", {}).values():
+        r.pop("per_category", None)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=1, default=str))
+    print(f"wrote {out_path} ({result['seconds_total']} s total)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
