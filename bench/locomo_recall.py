@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                               "evidence_fixes": evidence_report(convs)}
     llm = None
     if args.mode == "extract":
-        from magistral_kit import load_model
+        from magistral_kit.model import load_model
 
         t = time.perf_counter()
         lm = load_model(config)

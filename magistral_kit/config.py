@@ -88,10 +88,10 @@ class KitConfig(BaseModel):
     retrieval_date_in_text: bool = _field(
         True, "retrieval", "prefix the session date (meta['date']) to the embedded text")
     retrieval_context_turns: int = _field(
-        0, "retrieval", "preceding turns (meta['context']) embedded for scoring only; provenance unchanged",
+        2, "retrieval", "preceding turns (meta['context']) embedded for scoring only; provenance unchanged",
         ge=0, le=5)
     retrieval_lexical_weight: float = _field(
-        0.5, "retrieval", "weight of BM25 in the hybrid score; 0 = dense cosine only", ge=0.0, le=10.0)
+        0.3, "retrieval", "weight of BM25 in the hybrid score; 0 = dense cosine only", ge=0.0, le=10.0)
     retrieval_fusion: Literal["linear", "rrf"] = _field(
         "linear", "retrieval", "'linear' = cosine + w·bm25/max; 'rrf' = reciprocal-rank fusion")
     retrieval_query_rewrite: bool = _field(
