@@ -264,8 +264,11 @@ class Memory:
         points = []
         for rec in recs:
             meta = rec["meta"]
+            key = meta.get("key") if isinstance(meta.get("key"), str) else None
+            tags = meta.get("tags")
+            tags = [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else None
             item = TextualMemoryItem(id=rec["id"], memory=rec["text"], metadata=TextualMemoryMetadata(
-                source=_MEMOS_SOURCE.get(rec["kind"]), key=meta.get("key"), tags=meta.get("tags"),
+                source=_MEMOS_SOURCE.get(rec["kind"]), key=key, tags=tags,
                 updated_at=rec["updated"], provenance=list(rec["source"]), kind=rec["kind"],
                 created_at=rec["created"]))
             payload = item.model_dump(exclude_none=True)

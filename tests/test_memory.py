@@ -114,7 +114,7 @@ def test_items_vectors_embed_and_html(cube):
     assert "sister" in cube.search("sister", 1)[0]._repr_html_()
 
 
-def test_bad_items_are_refused_before_anything_is_written(cube):
+def test_bad_items_are_refused_before_anything_is_written_odd_meta_is_kept(cube):
     facts(cube)
     for bad in ([{"text": ""}], [{"text": "x", "kind": "nonsense"}], [{"text": "x", "source": [3]}],
                 [{"text": "x", "colour": "red"}], [{"text": "x", "meta": {"f": object()}}]):
@@ -122,6 +122,8 @@ def test_bad_items_are_refused_before_anything_is_written(cube):
             cube.add_many(bad)
     assert len(cube) == 3
     assert cube.add_many([]) == []
+    odd = cube.add("Meta that MemOS's item model would reject.", meta={"tags": "one", "key": 5})
+    assert cube.get(odd).meta == {"tags": "one", "key": 5}
 
 
 def test_reopen_same_path_in_process_reuses_instance_and_close_is_idempotent(tmp_path):
