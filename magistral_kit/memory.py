@@ -148,6 +148,10 @@ class Memory:
         self.notes.extend(loaded.notes)
         if not self.read_only:
             self._journal = durable.Journal(self.path, truncate_at=loaded.journal_good_bytes)
+            for tmp in sorted(self.path.glob("*.json.tmp")):
+                tmp.unlink()
+                self.notes.append(f"removed {tmp.name}: an unfinished save of a killed process (the "
+                                  f"snapshot before it and the journal hold everything)")
         self._open_index()
         if self.retrieval is not None:
             self._build_lexical()

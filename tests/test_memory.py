@@ -179,31 +179,44 @@ def test_save_is_atomic_keeps_previous_and_compacts_journal(cube):
 
 
 def test_killed_during_save_loop_loses_nothing_durable(tmp_path):
+    """SIGKILL lands inside save() (a ~5 MB snapshot being written/renamed) in each of three rounds."""
     path = tmp_path / "c"
-    proc = child("""
-        mem = M.open_memory({path!r})
-        print("ready", flush=True)
-        i = 0
-        while True:
-            mid = mem.add(f"fact {{i}} " + "x" * 300, source=[f"s1-t{{i}}"])
-            print("durable", mid, flush=True)   # add returned: must survive
-            mem.save()
-            i += 1
-    """, path=str(path))
-    try:
-        wait_for_line(proc, "ready")
-        durable_ids = []
-        deadline = time.time() + 8
-        while time.time() < deadline or len(durable_ids) < 25:
-            durable_ids.append(wait_for_line(proc, "durable").split()[1])
-        os.kill(proc.pid, signal.SIGKILL)  # lands at a random point of add/save
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    durable_ids: list[str] = []
+    for round_ in range(3):
+        proc = child("""
+            mem = M.open_memory({path!r})
+            if len(mem) == 0:
+                mem.add_many([{{"text": f"bulk memory {{i}} " + "y" * 200}} for i in range(2000)])
+            print("ready", len(mem), flush=True)
+            i = 0
+            while True:
+                mid = mem.add(f"fact {round_}-{{i}} " + "x" * 300, source=[f"s{round_}-t{{i}}"])
+                print("durable", mid, flush=True)   # add returned: must survive
+                print("saving", flush=True)
+                mem.save()
+                i += 1
+        """, path=str(path), round_=round_)
+        try:
+            ready = wait_for_line(proc, "ready")
+            assert int(ready.split()[1]) >= 2000 + len(durable_ids)
+            rng = np.random.default_rng(round_)
+            for _ in range(int(rng.integers(3, 8))):
+                durable_ids.append(wait_for_line(proc, "durable").split()[1])
+            wait_for_line(proc, "saving")
+            time.sleep(float(rng.uniform(0.0, 0.03)))
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        loaded = durable.load(path, 384)  # what the next open sees (it must not raise)
+        assert set(durable_ids) <= set(loaded.records)
+    (path / "memories.json.tmp").write_bytes(b'{"format_version": 1, "items": [{"id": "half')
     with open_memory(path) as mem:
-        assert set(durable_ids) <= set(mem.items()["id"])
-        assert all(len(h.source) == 1 for h in mem.search("fact", top_k=5))
+        assert any("removed memories.json.tmp" in n for n in mem.notes), mem.notes
+        assert not (path / "memories.json.tmp").exists()
+        assert set(durable_ids) <= set(mem.items()["id"]) and len(mem) >= 2000 + len(durable_ids)
+        assert all(mem.get(i).text.startswith("fact ") and len(mem.get(i).source) == 1 for i in durable_ids)
 
 
 def test_damaged_or_missing_index_is_rebuilt_from_durable_copy(tmp_path):
