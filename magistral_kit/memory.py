@@ -506,6 +506,12 @@ class Memory:
             self._proc_lock.release()
 
     @property
+    def text_memory(self) -> Any:
+        """MemOS's `GeneralTextMemory` under this cube (its QdrantVecDB holds the index). For reading and
+        experiments only: writes through it bypass the durable copy and are undone by the next rebuild."""
+        return self._text_mem
+
+    @property
     def closed(self) -> bool:
         return self._closed
 

@@ -249,6 +249,22 @@ def test_index_out_of_step_is_detected_and_rebuilt(tmp_path):
         assert any("out of step" in n and "1 stale" in n for n in mem.notes), mem.notes
 
 
+def test_index_collection_of_another_dimension_is_not_reused(tmp_path):
+    from qdrant_client import QdrantClient, models
+
+    path = tmp_path / "c"
+    with open_memory(path) as mem:
+        ids = facts(mem)
+    client = QdrantClient(path=str(path / "qdrant"))
+    client.delete_collection("memories")
+    client.create_collection("memories", vectors_config=models.VectorParams(size=768, distance=models.Distance.DOT))
+    client.close()
+    with open_memory(path) as mem:
+        assert any("768-dim" in n and "index rebuilt" in n for n in mem.notes), mem.notes
+        assert mem.text_memory.vector_db.client.get_collection("memories").config.params.vectors.size == 384
+        assert mem.search("sister", 1)[0].id == ids["ana"]
+
+
 def test_dimension_mismatch_is_refused_with_the_fix(tmp_path):
     path = tmp_path / "c"
     with open_memory(path) as mem:
