@@ -649,6 +649,15 @@ def restore_previous(path: str | Path) -> str:
     (journal.prev.jsonl, journal.jsonl) are replayed on top when the cube is opened.
     """
     folder = Path(path).expanduser().resolve()
+    lock = durable.ProcessLock(folder)
+    lock.acquire()  # CubeLockedError while a chat holds the cube: never swap files under a writer
+    try:
+        return _restore_previous(folder)
+    finally:
+        lock.release()
+
+
+def _restore_previous(folder: Path) -> str:
     prev = folder / durable.PREV_SNAPSHOT
     if not prev.exists():
         raise CubeCorruptError(f"{prev} does not exist: there is no previous snapshot to restore.")

@@ -306,6 +306,11 @@ def test_truncated_snapshot_is_a_clear_error_and_previous_restores_everything(tm
     msg = str(err.value)
     assert "memories.json" in msg and "memories.prev.json is readable (3 memories" in msg
     assert "restore_previous" in msg
+    blocker = durable.ProcessLock(path)
+    blocker.acquire()
+    with pytest.raises(CubeLockedError):
+        restore_previous(path)
+    blocker.release()
     note = restore_previous(path)
     assert "corrupt" in note and list(path.glob("memories.corrupt-*.json"))
     with open_memory(path) as mem:
