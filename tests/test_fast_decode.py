@@ -111,12 +111,12 @@ def test_chunked_prefill_matches(tiny: MistralForCausalLM) -> None:
     """Prefill in chunks of 16 (masked attention over earlier chunks) gives the same logits."""
     clear, agree = _check_against_generate(tiny, _prompt(50, seed=3), 8, atol=1e-4, cache_steps=(128,),
                                            prefill_chunk=16)
-    assert agree == clear
+    assert clear >= 4 and agree == clear
 
 
 def test_eager_loop_matches_generate_nf4(tiny_nf4: torch.nn.Module) -> None:
     clear, agree = _check_against_generate(tiny_nf4, _prompt(20, seed=5), 8, atol=0.05, cache_steps=(64,))
-    assert agree == clear
+    assert clear >= 3 and agree == clear
 
 
 def test_decode_attention_matches_reference() -> None:
