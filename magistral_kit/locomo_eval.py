@@ -183,8 +183,8 @@ def evaluate(conv: Conversation, mem: Any, ks: Sequence[int] = KS, progress: boo
         rows.append({"conversation": conv.sample_id, "category": q.category, "question": q.question,
                      "answer": q.answer, "evidence": list(q.evidence),
                      **{f"hit@{k}": v for k, v in score_question(q, [h.source for h in hits], ks).items()},
-                     "retrieved": [{"source": list(h.source), "text": h.text, "score": round(float(h.score), 4)}
-                                   for h in hits]})
+                     "retrieved": [{"source": list(h.source), "speaker": h.meta.get("speaker", ""),
+                                    "text": h.text, "score": round(float(h.score), 4)} for h in hits]})
     return rows
 
 
@@ -286,6 +286,7 @@ def misses_html(rows: Sequence[dict[str, Any]], conversations: Sequence[Conversa
         conv = by_id[r["conversation"]]
         ev = "".join(f"<li><code>{e}</code> {html.escape(_turn_text(conv, e))}</li>" for e in r["evidence"])
         got = "".join(f"<li><code>{', '.join(h['source']) or '—'}</code> ({h['score']:.3f}) "
+                      f"{html.escape(h.get('speaker') or '')}{': ' if h.get('speaker') else ''}"
                       f"{html.escape(h['text'][:200])}</li>" for h in r["retrieved"][:k])
         blocks.append(f"<div style='margin-bottom:1em'><b>[{CATEGORY_NAMES[r['category']]}, conversation "
                       f"{r['conversation']}]</b> {html.escape(r['question'])} — <i>answer:</i> "
