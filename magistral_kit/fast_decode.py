@@ -145,23 +145,35 @@ class FastResult:
 class IncrementalText:
     """Turn a stream of token ids into text pieces as they come (for on_token), never splitting a character.
 
-    Decodes the ids so far and emits what is new; a trailing U+FFFD (half a multi-byte character) waits for the
-    next token.
+    Decodes only a short window (the last emitted piece's tokens + the new ones), not the whole reply each
+    token: decoding 4,000 tekken ids costs ~1.6 ms, a sizeable share of a 13 ms decode step. The window's
+    leading tokens are decoded twice and subtracted, so tokenizers that drop a leading space at the start of a
+    decode still get spaces right. A trailing U+FFFD (half a multi-byte character) waits for the next token.
     """
 
     def __init__(self, decode: Callable[[list[int]], str], on_text: Callable[[str], None]) -> None:
         self.decode, self.on_text = decode, on_text
         self.ids: list[int] = []
-        self.sent = 0
+        self.prefix_offset = 0  # start of the window
+        self.read_offset = 0  # tokens before this are emitted
 
     def __call__(self, token_id: int) -> None:
         self.ids.append(int(token_id))
-        text = self.decode(self.ids)
-        if text.endswith("\ufffd"):
+        prefix = self.decode(self.ids[self.prefix_offset:self.read_offset]) if self.read_offset > \
+            self.prefix_offset else ""
+        text = self.decode(self.ids[self.prefix_offset:])
+        if len(text) <= len(prefix) or text.endswith("\ufffd"):
             return
-        if len(text) > self.sent:
-            self.on_text(text[self.sent:])
-            self.sent = len(text)
+        self.on_text(text[len(prefix):])
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+
+    def flush(self) -> None:
+        """Emit what a trailing half character held back (call once the stream has ended)."""
+        prefix = self.decode(self.ids[self.prefix_offset:self.read_offset])
+        text = self.decode(self.ids[self.prefix_offset:])
+        if len(text) > len(prefix):
+            self.on_text(text[len(prefix):])
+        self.prefix_offset = self.read_offset = len(self.ids)
 
 
 def cache_steps_for(context_budget: int, steps: Iterable[int] = DEFAULT_CACHE_STEPS) -> tuple[int, ...]:

@@ -122,15 +122,21 @@ def _fast_decode(lm: Any, input_ids: Any, attention_mask: Any, limit: int, sampl
     """The CUDA-graph decode loop (fast_decode.py); it falls back to generate itself and says why in the notes."""
     import torch
 
-    from .fast_decode import cache_steps_for, fast_generate
+    from .fast_decode import IncrementalText, cache_steps_for, fast_generate
 
-    if streamer is not None:
+    on_token = None
+    if streamer is not None and getattr(streamer, "on_text", None) is not None:
+        on_token = IncrementalText(lm.decode, streamer.on_text)  # windowed: no full re-decode per token
+    elif streamer is not None:
         streamer.put(input_ids)  # the streamer skips the prompt, as under generate
+        on_token = lambda t: streamer.put(torch.tensor([t]))  # noqa: E731
     res = fast_generate(
         lm.model, input_ids, attention_mask, limit, lm.eos_token_ids, sampling.get("temperature", 0.0),
-        sampling.get("top_p", 1.0), on_token=(lambda t: streamer.put(torch.tensor([t]))) if streamer else None,
+        sampling.get("top_p", 1.0), on_token=on_token,
         cache_steps=cache_steps_for(min(config.context_budget, lm.context_window)), compile=config.compile)
-    if streamer is not None:
+    if isinstance(on_token, IncrementalText):
+        on_token.flush()
+    elif streamer is not None:
         streamer.end()
     if res.reason:
         return res.ids, res.path, [f"fast decode not used: {res.reason}"]

@@ -177,6 +177,27 @@ def test_streaming_order_and_text(tiny: MistralForCausalLM) -> None:
         stream(byte)
     assert "".join(pieces) == "é€ ok" and "\ufffd" not in "".join(pieces)
     assert pieces[0] == "é"
+    stream(0xE2)  # a character cut off by the end of the stream comes out at flush
+    stream.flush()
+    assert pieces[-1] == "\ufffd"
+
+
+def test_streamed_text_decodes_short_windows() -> None:
+    """Streaming a long reply decodes a few ids per token (not the whole reply), spaces kept at window starts."""
+    words = {i: f"w{i}" for i in range(300)}
+    lengths: list[int] = []
+
+    def decode(ids: list[int]) -> str:  # like SentencePiece: a leading space is dropped at the decode start
+        lengths.append(len(ids))
+        return " ".join(words[i] for i in ids)
+
+    pieces: list[str] = []
+    stream = IncrementalText(decode, pieces.append)
+    for i in range(300):
+        stream(i)
+    stream.flush()
+    assert "".join(pieces) == decode(list(range(300)))
+    assert max(lengths[:-1]) <= 4
 
 
 def test_runner_reused_across_turns_and_grows_by_step(tiny: MistralForCausalLM) -> None:
