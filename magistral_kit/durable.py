@@ -138,9 +138,9 @@ def read_cube_file(folder: Path) -> dict[str, Any] | None:
     return info
 
 
-def write_cube_file(folder: Path, embedder: str, dimension: int) -> dict[str, Any]:
+def write_cube_file(folder: Path, embedder: str, dimension: int, **extra: Any) -> dict[str, Any]:
     info = {"format_version": FORMAT_VERSION, "embedder": embedder, "dimension": int(dimension),
-            "created": now_iso(), "kind": "magistral_kit memory cube"}
+            "created": now_iso(), "kind": "magistral_kit memory cube", **extra}
     atomic_write(folder / CUBE_FILE, json.dumps(info, indent=1).encode())
     return info
 

@@ -106,8 +106,8 @@ class Memory:
 
     # --- opening ---------------------------------------------------------------------------------------
     def _open(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
         if not self.read_only:
+            self.path.mkdir(parents=True, exist_ok=True)
             self._proc_lock = durable.ProcessLock(self.path)
             note = self._proc_lock.acquire()
             if note:
@@ -125,9 +125,8 @@ class Memory:
                 raise CubeFormatError(
                     f"{self.path} is not a cube (no {durable.CUBE_FILE}); read_only=True cannot create one. "
                     f"Fix: check the path, or open it writable once to create it.")
-            info = durable.write_cube_file(self.path, self.embedder.name, self.dimension)
-            info["index_text"] = self._index_settings()
-            durable.atomic_write(self.path / durable.CUBE_FILE, json.dumps(info, indent=1).encode())
+            info = durable.write_cube_file(self.path, self.embedder.name, self.dimension,
+                                           index_text=self._index_settings())
             self.notes.append(f"new cube created (embedder {self.embedder.name}, {self.dimension} dims)")
         self.info = info
         if int(info["dimension"]) != self.dimension:

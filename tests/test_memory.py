@@ -523,7 +523,8 @@ def test_reembed_copies_texts_provenance_and_times(tmp_path):
 def test_retrieval_hook_index_text_and_lexical_fusion(tmp_path):
     from magistral_kit.retrieval import RetrievalOptions
 
-    opts = RetrievalOptions(speaker_in_text=True, lexical_weight=1.0, fusion="rrf", candidates=20)
+    opts = RetrievalOptions(speaker_in_text=True, date_in_text=False, context_turns=0, lexical_weight=1.0,
+                            fusion="rrf", query_rewrite=False, candidates=20)
     with open_memory(tmp_path / "c", retrieval=opts) as mem:
         mid = mem.add("I finally finished the Zyxwortle painting.", meta={"speaker": "Caroline"}, source=["D1:3"])
         for i in range(15):
@@ -535,6 +536,11 @@ def test_retrieval_hook_index_text_and_lexical_fusion(tmp_path):
         assert mem.get(mid).text == "I finally finished the Zyxwortle painting."
         hit = mem.search("What is the Zyxwortle?", top_k=3)[0]
         assert hit.id == mid and hit.source == ["D1:3"] and hit.score < 0.1  # an RRF score
+    assert json.loads((tmp_path / "c" / "cube.json").read_text())["index_text"] == {
+        "speaker_in_text": True, "date_in_text": False, "context_turns": 0}
+    with pytest.raises(CubeFormatError, match="not a cube"):
+        open_memory(tmp_path / "nothing-here", read_only=True)
+    assert not (tmp_path / "nothing-here").exists()
     with open_memory(tmp_path / "plain") as plain:
         plain.add("Plain memory.")
         assert plain.retrieval is None and 0.5 < plain.search("Plain memory.", 1)[0].score <= 1.0001
