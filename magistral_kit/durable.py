@@ -353,7 +353,11 @@ class Journal:
         self.path = folder / JOURNAL
         if truncate_at is not None and self.path.exists():
             os.truncate(self.path, truncate_at)
+        created = not self.path.exists()
         self._fh = open(self.path, "ab")
+        if created:  # the file's directory entry must be durable too, not only its lines
+            os.fsync(self._fh.fileno())
+            fsync_dir(folder)
 
     def append(self, op: dict[str, Any]) -> None:
         line = json.dumps(op, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
