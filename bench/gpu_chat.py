@@ -374,10 +374,14 @@ def chat_turns(cfg: Any, work: Path, runs: int) -> None:
             rows = []
             n = runs + 1 if fast else runs
             for i in range(n):
+                pieces: list[str] = []
                 t = time.perf_counter()
-                turn = chat.send(messages[i % len(messages)])
+                turn = chat.send(messages[i % len(messages)], on_text=pieces.append)  # streamed, as in a notebook
                 total = time.perf_counter() - t
                 rows.append(_turn_row(turn, total))
+                raw = getattr(getattr(turn, "reply", None), "raw", None)
+                rows[-1]["streamed_pieces"] = len(pieces)
+                rows[-1]["streamed_equals_reply"] = raw is not None and "".join(pieces) == raw
                 log(f"chat_{label}_turn{i + 1}", rows[-1])
             steady = rows[1:] if fast else rows
             log(f"chat_{label}_turn_s_median", med([r["total_s"] for r in steady], 2))
@@ -400,7 +404,9 @@ def _turn_row(turn: Any, total: float) -> dict[str, Any]:
     for attr in ("tokens_in", "tokens_out", "path", "stopped", "notes"):
         if reply is not None and hasattr(reply, attr):
             row[attr] = getattr(reply, attr)
-    for attr in ("retrieved", "stored", "memories", "extracted"):
+    row["stored"] = len(getattr(turn, "stored_ids", []) or [])
+    row["problems"] = list(getattr(turn, "problems", []) or [])[:3]
+    for attr in ("retrieved",):
         v = getattr(turn, attr, None)
         if v is not None:
             row[attr] = len(v) if hasattr(v, "__len__") else v

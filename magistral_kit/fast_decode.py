@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import gc
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal, Sequence
 
@@ -241,7 +240,7 @@ class DecodeRunner:
     def __init__(self, model: torch.nn.Module, cache_len: int, use_graph: bool, compile: bool) -> None:
         from transformers import StaticCache
 
-        self.model = model
+        self.model = model  # model <-> runner is a cycle: freeing the model frees its runner (gc)
         self.cache_len = cache_len
         self.use_graph = use_graph
         self.compile = compile and use_graph
@@ -319,12 +318,12 @@ class DecodeRunner:
         self.cache = None  # type: ignore[assignment]
 
 
-_RUNNERS: "weakref.WeakKeyDictionary[torch.nn.Module, DecodeRunner]" = weakref.WeakKeyDictionary()
+_RUNNER_ATTR = "_kit_decode_runner"  # kept on the model itself, so it lives and dies with the model
 
 
 def release_runner(model: torch.nn.Module) -> None:
     """Drop the model's cached runner (its KV cache and graph) and give the memory back."""
-    runner = _RUNNERS.pop(model, None)
+    runner = model.__dict__.pop(_RUNNER_ATTR, None)
     if runner is not None:
         runner.release()
         del runner
@@ -334,20 +333,20 @@ def release_runner(model: torch.nn.Module) -> None:
 
 
 def current_runner(model: torch.nn.Module) -> DecodeRunner | None:
-    return _RUNNERS.get(model)
+    return model.__dict__.get(_RUNNER_ATTR)
 
 
 def _runner_for(model: torch.nn.Module, needed: int, steps: Sequence[int], use_graph: bool,
                 compile: bool) -> tuple[DecodeRunner, bool]:
     """Reuse the model's runner if it is big enough and of the same kind; else replace it by the next step."""
-    have = _RUNNERS.get(model)
+    have = current_runner(model)
     if (have is not None and have.cache_len >= needed and have.cache_len in steps
             and have.use_graph == use_graph and have.compile == (compile and use_graph)):
         return have, True
     size = next((s for s in sorted(steps) if s >= needed), max(steps))
     release_runner(model)
     runner = DecodeRunner(model, size, use_graph, compile)
-    _RUNNERS[model] = runner
+    model.__dict__[_RUNNER_ATTR] = runner
     return runner, False
 
 

@@ -288,3 +288,18 @@ def test_generation_fast_path_streams_and_reports(tiny: MistralForCausalLM) -> N
     assert len(out) == 7 and path == "generate" and notes == [
         "fast decode not used: CUDA graphs need a CUDA device (model is on cpu)"]
     assert "".join(pieces) == lm.decode(out)
+
+
+def test_runner_does_not_keep_a_freed_model_alive() -> None:
+    """free_models() drops the model; its cached runner (KV cache) must go with it, not pin it in memory."""
+    import gc
+    import weakref
+
+    torch.manual_seed(3)
+    model = MistralForCausalLM(_tiny_config()).eval()
+    fast_generate(model, _prompt(10, seed=19), max_new_tokens=3, mode="eager", cache_steps=(64,))
+    assert fd.current_runner(model) is not None
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
