@@ -214,6 +214,7 @@ class Memory:
             shutil.rmtree(qdir, ignore_errors=True)
             self._text_mem = fixes.quiet_construct(lambda: GeneralTextMemory(self._memos_config(str(qdir))))
         vecdb = self._text_mem.vector_db
+        fixes.relax_index_fsync(vecdb)
         note = fixes.check_collection_dimension(vecdb, self.dimension)
         if note:
             reason = reason or note
@@ -246,6 +247,7 @@ class Memory:
         if vecdb.collection_exists(COLLECTION):
             vecdb.client.delete_collection(COLLECTION)
         vecdb.create_collection()
+        fixes.relax_index_fsync(vecdb)
         recs = list(self._records.values())
         for start in range(0, len(recs), _UPSERT_BATCH):
             vecdb.add(self._points(recs[start:start + _UPSERT_BATCH]))

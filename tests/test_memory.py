@@ -402,6 +402,8 @@ def test_desynchronised_client_during_search_is_reopened_and_said(cube):
     _desync(cube._text_mem.vector_db)
     assert cube.search("sister", 1)[0].id == ids["ana"]
     assert any("reopened qdrant client after failed search" in n for n in cube.notes), cube.notes
+    storage = cube.text_memory.vector_db.client._client.collections["memories"].storage.storage
+    assert storage.execute("PRAGMA synchronous").fetchone()[0] == 0  # index only: no per-point fsync
 
 
 def test_failed_add_that_desynchronises_the_client_is_retried_after_reopen(cube, monkeypatch):
