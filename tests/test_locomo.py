@@ -181,6 +181,12 @@ def test_fusion_and_rerank_bring_in_lexical_only_matches():
         [("x", 0.6), ("y", 0.5)]
 
 
+def test_every_retrieval_option_is_a_config_field_and_back():
+    config_fields = {n for n in KitConfig.model_fields if n.startswith("retrieval_")}
+    assert config_fields == {f"retrieval_{f}" for f in RetrievalOptions.__dataclass_fields__}
+    assert all(KitConfig.model_fields[n].json_schema_extra["section"] == "retrieval" for n in config_fields)
+
+
 def test_options_come_from_the_config_and_text_hooks():
     opts = RetrievalOptions.from_config(KitConfig(retrieval_lexical_weight=0, retrieval_context_turns=1))
     assert opts.lexical_weight == 0 and opts.context_turns == 1
