@@ -70,8 +70,11 @@ class Chat:
         messages = [{"role": "user", "content": turn.user}, {"role": "assistant", "content": turn.reply.answer}]
         with turn.timings.step("extract"):
             turn.extraction = extract(messages, self.extractor_llm, self.config.extraction_max_new_tokens)
+        # date and speaker feed the retrieval options (KitConfig retrieval section), as in the LoCoMo runs
+        meta = {"session": self.session, "turn": turn.id, "date": _dt.date.today().strftime("%-d %B %Y")}
         items = [{"text": item.text, "source": [turn.id], "kind": item.kind,
-                  "meta": {"session": self.session, "turn": turn.id}} for item in turn.extraction.items]
+                  "meta": {**meta, **({"speaker": "User"} if item.kind == "raw" else {})}}
+                 for item in turn.extraction.items]
         with turn.timings.step("store"):
             try:
                 turn.stored_ids = self.memory.add_many(items) if items else []
