@@ -31,7 +31,7 @@ from . import durable
 from .durable import (
     CubeCorruptError, CubeError, CubeFormatError, CubeLockedError, DimensionMismatchError, ReadOnlyCubeError,
 )
-from .embedding import EMBEDDED, Embedder, get_embedder
+from .embedding import EMBEDDED, Embedder, get_embedder, one_blas_thread
 from . import memos_fixes as fixes
 
 if TYPE_CHECKING:
@@ -316,8 +316,9 @@ class Memory:
                 qtext, n = query_text(query, opts), candidate_count(top_k, opts)
             vec = self.embedder.encode([qtext])[0]
             vecdb = self._text_mem.vector_db
-            pairs = fixes.call_with_reopen(vecdb, lambda: fixes.search_with_scores(vecdb, vec, n),
-                                           self.notes, "search")
+            with one_blas_thread():
+                pairs = fixes.call_with_reopen(vecdb, lambda: fixes.search_with_scores(vecdb, vec, n),
+                                               self.notes, "search")
             if opts is not None:
                 from .retrieval import rerank
 
