@@ -255,11 +255,18 @@ class Memory:
             self.notes.append(f"index rebuilt from journal ({reason}); {len(recs)} memories")
 
     def _build_lexical(self) -> None:
-        from .retrieval import LexicalIndex, index_text
+        from .retrieval import LexicalIndex
 
         self._lexical = LexicalIndex()
         for rec in self._records.values():
-            self._lexical.add(rec["id"], index_text(rec["text"], rec["meta"], self.retrieval))
+            self._lexical.add(rec["id"], self._lexical_text(rec))
+
+    def _lexical_text(self, rec: dict[str, Any]) -> str:
+        """What BM25 indexes: retrieval's `lexical_text` hook (index_text without context) where it exists."""
+        from . import retrieval
+
+        hook = getattr(retrieval, "lexical_text", retrieval.index_text)
+        return hook(rec["text"], rec["meta"], self.retrieval)
 
     # --- payloads --------------------------------------------------------------------------------------
     def _points(self, recs: Iterable[dict[str, Any]]) -> list[Any]:
@@ -455,10 +462,8 @@ class Memory:
             self._records[rec["id"]] = rec
         self._seq = recs[0]["seq"]
         if self._lexical is not None:
-            from .retrieval import index_text
-
             for rec in recs:
-                self._lexical.add(rec["id"], index_text(rec["text"], rec["meta"], self.retrieval))
+                self._lexical.add(rec["id"], self._lexical_text(rec))
 
     def _undo_index(self, ids: list[str], previous: dict[str, dict[str, Any]], why: str) -> None:
         """Put the index back in step with the durable copy after a failed write."""

@@ -525,7 +525,7 @@ def test_reembed_copies_texts_provenance_and_times(tmp_path):
 def test_retrieval_hook_index_text_and_lexical_fusion(tmp_path):
     from magistral_kit.retrieval import RetrievalOptions
 
-    opts = RetrievalOptions(speaker_in_text=True, date_in_text=False, context_turns=0, lexical_weight=1.0,
+    opts = RetrievalOptions(speaker_in_text=True, date_in_text=False, context_turns=1, lexical_weight=1.0,
                             fusion="rrf", query_rewrite=False, candidates=20)
     with open_memory(tmp_path / "c", retrieval=opts) as mem:
         mid = mem.add("I finally finished the Zyxwortle painting.", meta={"speaker": "Caroline"}, source=["D1:3"])
@@ -538,8 +538,13 @@ def test_retrieval_hook_index_text_and_lexical_fusion(tmp_path):
         assert mem.get(mid).text == "I finally finished the Zyxwortle painting."
         hit = mem.search("What is the Zyxwortle?", top_k=3)[0]
         assert hit.id == mid and hit.source == ["D1:3"] and hit.score < 0.1  # an RRF score
+        ctx = mem.add("Yes, last Friday!", meta={"speaker": "Mel", "context": ["Caroline: Did you see Qwertop?"]})
+        want = mem.embed(["Caroline: Did you see Qwertop?\nMel: Yes, last Friday!"])[0]
+        assert np.allclose(mem._records[ctx]["vector"], want, atol=1e-5)  # context widens what is embedded
+        assert ctx in mem._lexical and "qwertop" not in mem._lexical._docs[ctx]  # ... not what BM25 holds
+        assert mem.get(ctx).text == "Yes, last Friday!"
     assert json.loads((tmp_path / "c" / "cube.json").read_text())["index_text"] == {
-        "speaker_in_text": True, "date_in_text": False, "context_turns": 0}
+        "speaker_in_text": True, "date_in_text": False, "context_turns": 1}
     with pytest.raises(CubeFormatError, match="not a cube"):
         open_memory(tmp_path / "nothing-here", read_only=True)
     assert not (tmp_path / "nothing-here").exists()
