@@ -120,23 +120,14 @@ def _decode(lm: Any, input_ids: Any, attention_mask: Any, limit: int, sampling: 
 def _fast_decode(lm: Any, input_ids: Any, attention_mask: Any, limit: int, sampling: dict, streamer: Any,
                  config: KitConfig) -> tuple[list[int], str, list[str]]:
     """The CUDA-graph decode loop (fast_decode.py); it falls back to generate itself and says why in the notes."""
-    import torch
+    from .fast_decode import cache_steps_for, fast_generate
 
-    from .fast_decode import IncrementalText, cache_steps_for, fast_generate
-
-    on_token = None
-    if streamer is not None and getattr(streamer, "on_text", None) is not None:
-        on_token = IncrementalText(lm.decode, streamer.on_text)  # windowed: no full re-decode per token
-    elif streamer is not None:
-        streamer.put(input_ids)  # the streamer skips the prompt, as under generate
-        on_token = lambda t: streamer.put(torch.tensor([t]))  # noqa: E731
+    on_token = streamer.text if streamer is not None else None
     res = fast_generate(
         lm.model, input_ids, attention_mask, limit, lm.eos_token_ids, sampling.get("temperature", 0.0),
         sampling.get("top_p", 1.0), on_token=on_token,
         cache_steps=cache_steps_for(min(config.context_budget, lm.context_window)), compile=config.compile)
-    if isinstance(on_token, IncrementalText):
-        on_token.flush()
-    elif streamer is not None:
+    if streamer is not None:
         streamer.end()
     if res.reason:
         return res.ids, res.path, [f"fast decode not used: {res.reason}"]
@@ -148,23 +139,20 @@ def _fast_decode(lm: Any, input_ids: Any, attention_mask: Any, limit: int, sampl
 
 
 class _TextCallbackStreamer:
-    """A transformers streamer that decodes with the LoadedModel (tekken or HF) and passes new text on."""
+    """A transformers streamer: skips the prompt, then passes new text on through `IncrementalText`."""
 
     def __init__(self, lm: Any, on_text: Callable[[str], None]) -> None:
-        self.lm, self.on_text, self.ids, self.shown, self.prompt_seen = lm, on_text, [], 0, False
+        from .fast_decode import IncrementalText
+
+        self.text = IncrementalText(lm.decode, on_text)
+        self.prompt_seen = False
 
     def put(self, value: Any) -> None:
         if not self.prompt_seen:  # generate passes the prompt first
             self.prompt_seen = True
             return
-        self.ids.extend(value.reshape(-1).tolist())
-        text = self.lm.decode(self.ids)
-        if len(text) > self.shown and not text.endswith("\ufffd"):
-            self.on_text(text[self.shown:])
-            self.shown = len(text)
+        for token_id in value.reshape(-1).tolist():
+            self.text(token_id)
 
     def end(self) -> None:
-        text = self.lm.decode(self.ids)
-        if len(text) > self.shown:
-            self.on_text(text[self.shown:])
-            self.shown = len(text)
+        self.text.flush()

@@ -223,8 +223,20 @@ def _from_pretrained(folder: Path, quant: str, device: str, progress: bool, note
         bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                  bnb_4bit_compute_dtype=torch.bfloat16)
         notes.append("NF4, double quant, bf16 compute")
-        return AutoModelForCausalLM.from_pretrained(folder, quantization_config=bnb, device_map={"": device},
-                                                    dtype=torch.bfloat16)
+
+        def quantize() -> Any:
+            return AutoModelForCausalLM.from_pretrained(folder, quantization_config=bnb, device_map={"": device},
+                                                        dtype=torch.bfloat16)
+
+        if device != "cuda":  # small CPU models quantize in seconds; no checkpoint to keep
+            return quantize()
+        from .nf4_checkpoint import load_or_build
+
+        # Reload a saved pre-quantized checkpoint (seconds) instead of quantizing bf16 weights again.
+        model, info = load_or_build(folder, device, quantize, on_message=notes.append)
+        notes.append(f"NF4 weights {info.path} ({info.seconds:.1f} s), checkpoint {info.folder}")
+        notes.extend(info.notes)
+        return model
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
 

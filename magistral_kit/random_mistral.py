@@ -49,8 +49,13 @@ def build_random_mistral(folder: str | Path, shape: str = "tiny", seed: int = 0,
                            rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
                            torch_dtype=dtype, **SHAPES[shape])
     torch.manual_seed(seed)
-    with torch.device(device):
-        model = MistralForCausalLM(config).to(getattr(torch, dtype))
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))  # init in the target dtype: the full shape is 47 GB in bf16
+    try:
+        with torch.device(device):
+            model = MistralForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
     if shape == "tiny":
         # a larger init spread keeps logits of a 2-layer model apart, so greedy comparisons are meaningful
         with torch.no_grad():
