@@ -59,7 +59,7 @@ def import_memos(memos_log_level: int = logging.ERROR) -> Any:
             logging.disable(logging.NOTSET)
             dotenv.load_dotenv, dotenv.main.load_dotenv = saved
             for handler in list(root.handlers):
-                if handler not in before_handlers:
+                if handler not in before_handlers or _is_memos_handler(handler):
                     root.removeHandler(handler)
                     try:
                         handler.close()
@@ -69,6 +69,12 @@ def import_memos(memos_log_level: int = logging.ERROR) -> Any:
         logging.getLogger("memos").setLevel(memos_log_level)
         memos.__kit_imported__ = True
         return memos
+
+
+def _is_memos_handler(handler: logging.Handler) -> bool:
+    """MemOS's dictConfig gives its handlers its ContextFilter: found even when memos was imported before."""
+    return any(type(f).__module__ == "memos.log" for f in handler.filters) or \
+        type(handler).__name__ == "ConcurrentTimedRotatingFileHandler"
 
 
 def _no_dotenv(*args: Any, **kwargs: Any) -> bool:

@@ -71,6 +71,12 @@ def test_import_memos_has_no_side_effects(tmp_path):
                    "from magistral_kit.memos_fixes import import_memos; import_memos()\n" + textwrap.dedent(PROBE),
                    tmp_path, clean_env(PROBE_DIR=str(tmp_path), MAGISTRAL_KIT_TMP=str(tmp_path / "kit_tmp")))
     assert fixed == {"secret": None, "memos_dir_in_cwd": False, "root_handlers": [], "prompt_logged": False}
+    # memos already imported by someone else first: its root handlers are still taken off
+    late = run_py(f"import sys; sys.path.insert(0, {str(REPO)!r}); import os\n"
+                  f"os.environ['MEMOS_BASE_PATH'] = {str(tmp_path / 'late')!r}; import memos\n"
+                  "from magistral_kit.memos_fixes import import_memos; import_memos()\n" + textwrap.dedent(PROBE),
+                  tmp_path, clean_env(PROBE_DIR=str(tmp_path / "late")))
+    assert late["root_handlers"] == [] and late["prompt_logged"] is False
     assert not list((tmp_path / "kit_tmp").rglob("*.log")) or not any(
         "PROMPT-WITH-PRIVATE-CHAT" in p.read_text() for p in (tmp_path / "kit_tmp").rglob("*.log"))
 
