@@ -123,8 +123,6 @@ def open_chat(config: KitConfig | None = None, progress: bool = True) -> Chat:
 
 
 def _retrieval_options(config: KitConfig):
-    try:
-        from .retrieval import RetrievalOptions
-    except ImportError:
-        return None
-    return RetrievalOptions.from_config(config) if hasattr(RetrievalOptions, "from_config") else None
+    from .retrieval import RetrievalOptions
+
+    return RetrievalOptions.from_config(config)

@@ -262,11 +262,10 @@ class Memory:
             self._lexical.add(rec["id"], self._lexical_text(rec))
 
     def _lexical_text(self, rec: dict[str, Any]) -> str:
-        """What BM25 indexes: retrieval's `lexical_text` hook (index_text without context) where it exists."""
-        from . import retrieval
+        """What BM25 indexes: retrieval's `lexical_text` (index_text without the neighbouring context)."""
+        from .retrieval import lexical_text
 
-        hook = getattr(retrieval, "lexical_text", retrieval.index_text)
-        return hook(rec["text"], rec["meta"], self.retrieval)
+        return lexical_text(rec["text"], rec["meta"], self.retrieval)
 
     # --- payloads --------------------------------------------------------------------------------------
     def _points(self, recs: Iterable[dict[str, Any]]) -> list[Any]:
