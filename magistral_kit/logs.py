@@ -17,6 +17,9 @@ _HANDLER_NAME = "magistral_kit_file"
 
 def configure_logging(config: KitConfig) -> Path:
     """Point the kit's and MemOS's loggers at one file under `config.log_path`; idempotent."""
+    from .memos_fixes import import_memos
+
+    import_memos()  # MemOS sets its own logger level on import: import it first so the choice below stands
     path = config.log_path / "magistral_kit.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     level = getattr(logging, config.log_level)
