@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .config import KitConfig, data_dir
+from .config import KitConfig
 
 # A first session that states facts, and a question for the second session that needs one of them.
 SESSION_1 = [

@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .config import tmp_dir
-from .locomo import (CATEGORY_NAMES, KS, REFERENCE_BASELINE, Conversation, Question, Turn, score_question,
+from .locomo import (CATEGORY_NAMES, KS, REFERENCE_BASELINE, Conversation, Turn, score_question,
                      summarise)
 from .retrieval import RetrievalOptions
 

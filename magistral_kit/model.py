@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import EMBEDDED, KitConfig, data_dir
+from .config import KitConfig, data_dir
 from .diagnostics import MemoryReading, memory_reading, table_html
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
@@ -166,7 +166,6 @@ def free_models() -> str | None:
 
 # --- loading -----------------------------------------------------------------------------------------
 def _load(config: KitConfig, progress: bool) -> LoadedModel:
-    import torch
 
     start = time.perf_counter()
     if config.is_embedded:

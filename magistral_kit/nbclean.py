@@ -14,7 +14,6 @@ import argparse
 import copy
 import json
 from pathlib import Path
-from typing import Any
 
 CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
 CHECK_TAG = "nbval-check-output"

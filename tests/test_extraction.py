@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from magistral_kit.extraction import Extraction, example_texts, extract, is_example_copy, parse_output
+from magistral_kit.extraction import Extraction, example_texts, extract, is_example_copy
 from magistral_kit.memory import CubeError, open_memory
 
 USER = "My sister Ana moved to Lisbon last May."

@@ -1,5 +1,4 @@
 """Reasoning split on Magistral-format outputs, and replies from real models (embedded and tiny NF4)."""
-import pytest
 
 from magistral_kit.generation import generate_reply, split_reasoning
 

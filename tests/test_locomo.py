@@ -4,7 +4,6 @@ primitives, and the notebook executed with papermill."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
