@@ -80,7 +80,7 @@ def build_bf16(folder: Path, layers: int) -> None:
     """
     from transformers import MistralConfig, MistralForCausalLM
 
-    from magistral_kit.random_mistral import SHAPES, tekken_file
+    from magistral_kit.model.random_mistral import SHAPES, tekken_file
 
     shape = dict(SHAPES["magistral"] if DEV == "cuda" else SHAPES["tiny"], num_hidden_layers=layers)
     cfg = MistralConfig(vocab_size=131072, rope_theta=1_000_000_000.0, sliding_window=None, rms_norm_eps=1e-5,
@@ -185,8 +185,8 @@ def main() -> None:
     import transformers
 
     import magistral_kit
-    from magistral_kit import fast_decode as fd
-    from magistral_kit import nf4_checkpoint as ck
+    from magistral_kit.model import fast_decode as fd
+    from magistral_kit.model import nf4_checkpoint as ck
     from magistral_kit.config import KitConfig
 
     runs = 3
@@ -217,7 +217,7 @@ def main() -> None:
     reset_peak()
     t = time.perf_counter()
     lm = magistral_kit.load_model(cfg, progress=False) if hasattr(magistral_kit, "load_model") else \
-        __import__("magistral_kit.model", fromlist=["load_model"]).load_model(cfg, progress=False)
+        __import__("magistral_kit.model.loading", fromlist=["load_model"]).load_model(cfg, progress=False)
     sync()
     log("t_load_quantize_from_bf16_s", round(time.perf_counter() - t, 2))
     log("kit_load_seconds", round(lm.load_seconds, 2))
@@ -352,7 +352,7 @@ def random_embedder(folder: Path) -> Path:
 def chat_turns(cfg: Any, work: Path, runs: int) -> None:
     """Full turns (retrieve, generate, extract, store) through open_chat, fast decode vs plain generate."""
     try:
-        from magistral_kit.chat import open_chat
+        from magistral_kit.chat.session import open_chat
     except Exception as exc:
         log("chat_error", f"open_chat not importable: {type(exc).__name__}: {str(exc)[:300]}")
         return

@@ -18,8 +18,8 @@ from pathlib import Path
 CHILD = r"""
 import json, sys, time
 from magistral_kit.config import KitConfig
-from magistral_kit.model import load_model
-from magistral_kit.generation import generate_reply
+from magistral_kit.model.loading import load_model
+from magistral_kit.model.generation import generate_reply
 cfg = KitConfig(model=sys.argv[1], quantization="nf4", device="cuda", temperature=0.0, max_new_tokens=64)
 t = time.perf_counter(); lm = load_model(cfg, progress=False); load = time.perf_counter() - t
 pieces = []
@@ -36,7 +36,7 @@ def main() -> int:
     parser.add_argument("--out", default="bench/results/gpu_reload_check.json")
     args = parser.parse_args()
     from magistral_kit.diagnostics import machine_info
-    from magistral_kit.random_mistral import build_random_mistral
+    from magistral_kit.model.random_mistral import build_random_mistral
 
     folder = build_random_mistral(Path(tempfile.mkdtemp()) / f"random-{args.shape}", shape=args.shape, device="cuda")
     runs = []

@@ -25,10 +25,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from magistral_kit.config import REPO_ROOT, KitConfig  # noqa: E402
 from magistral_kit.diagnostics import machine_info  # noqa: E402
-from magistral_kit.locomo import (HELD_OUT, REFERENCE_BASELINE, TUNING_SET, evidence_report,  # noqa: E402
+from magistral_kit.evaluation.locomo import (HELD_OUT, REFERENCE_BASELINE, TUNING_SET, evidence_report,  # noqa: E402
                                   load_locomo, summarise)
-from magistral_kit.retrieval import RetrievalOptions  # noqa: E402
-from magistral_kit import locomo_eval as le  # noqa: E402
+from magistral_kit.memory.retrieval import RetrievalOptions  # noqa: E402
+from magistral_kit.evaluation import locomo_eval as le  # noqa: E402
 
 
 def split(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                               "evidence_fixes": evidence_report(convs)}
     llm = None
     if args.mode == "extract":
-        from magistral_kit.model import load_model
+        from magistral_kit.model.loading import load_model
 
         t = time.perf_counter()
         lm = load_model(config)

@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "memory_cost.json"))
     args = ap.parse_args()
 
-    from magistral_kit.memory import open_memory
+    from magistral_kit.memory.cube import open_memory
 
     rng = random.Random(11)
     info = machine()
@@ -116,8 +116,8 @@ def main() -> None:
         for q in queries[:20]:
             mem.search(q, 5)  # warm-up
         total, cpu, embed, index = [], [], [], []
-        from magistral_kit import memos_fixes
-        from magistral_kit.embedding import one_blas_thread
+        from magistral_kit.memory import memos_fixes
+        from magistral_kit.memory.embedding import one_blas_thread
 
         vecdb = mem._text_mem.vector_db
         for q in queries[20:]:

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from magistral_kit.chat import open_chat
+from magistral_kit.chat.session import open_chat
 from magistral_kit.config import KitConfig
 from magistral_kit.diagnostics import machine_info
 
@@ -36,7 +36,7 @@ def message(i: int) -> str:
 
 def reopen_ids(cube: Path) -> list[str]:
     """Ids found by a fresh process opening the cube (the soak's own process has released it)."""
-    code = ("import json,sys; from magistral_kit.memory import open_memory; m=open_memory(sys.argv[1]); "
+    code = ("import json,sys; from magistral_kit.memory.cube import open_memory; m=open_memory(sys.argv[1]); "
             "print(json.dumps(list(m.items()['id']))); m.close()")
     out = subprocess.run([sys.executable, "-c", code, str(cube)], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import TextIO
 
-from .config import ConfigError, KitConfig
+from magistral_kit.config import ConfigError, KitConfig
 
 
 def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
 
 
 def _chat_loop(config: KitConfig, stdin: TextIO, stdout: TextIO) -> int:
-    from .chat import open_chat
+    from magistral_kit.chat.session import open_chat
 
     def say(text: str = "") -> None:
         print(text, file=stdout, flush=True)

@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .config import KitConfig
+from magistral_kit.config import KitConfig
 
 _HANDLER_NAME = "magistral_kit_file"
 
 
 def configure_logging(config: KitConfig) -> Path:
     """Point the kit's and MemOS's loggers at one file under `config.log_path`; idempotent."""
-    from .memos_fixes import import_memos
+    from magistral_kit.memory.memos_fixes import import_memos
 
     import_memos()  # MemOS sets its own logger level on import: import it first so the choice below stands
     path = config.log_path / "magistral_kit.log"

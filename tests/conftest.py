@@ -19,7 +19,7 @@ def embedded_config() -> KitConfig:
 @pytest.fixture(scope="session")
 def tiny_mistral_dir(tmp_path_factory):
     """A 2-layer random-weight Mistral with mistral-common's tekken tokenizer, built once per session."""
-    from magistral_kit.random_mistral import build_random_mistral
+    from magistral_kit.model.random_mistral import build_random_mistral
 
     return build_random_mistral(tmp_path_factory.mktemp("models") / "tiny-mistral", shape="tiny")
 
@@ -33,6 +33,6 @@ def tiny_config(tiny_mistral_dir) -> KitConfig:
 @pytest.fixture()
 def embedded_lm(embedded_config):
     """The embedded default (cached process-wide: loaded once however many tests ask)."""
-    from magistral_kit.model import load_model
+    from magistral_kit.model.loading import load_model
 
     return load_model(embedded_config, progress=False)

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from magistral_kit import model as model_mod
-from magistral_kit.chat import open_chat
+from magistral_kit.model import loading as model_mod
+from magistral_kit.chat.session import open_chat
 from magistral_kit.config import KitConfig
-from magistral_kit.prompt import build_prompt
+from magistral_kit.chat.prompt import build_prompt
 
 FACTS = ["My name is Ana and I live in Lisbon.", "My dog is called Pixel and loves the beach.",
          "Where do I live?", "What is my dog called?"]
@@ -65,7 +65,7 @@ def test_reopening_the_chat_loads_nothing_and_keeps_memories(chat_config):
 
 
 def test_budget_drops_oldest_exchanges_then_lowest_memories(embedded_lm):
-    from magistral_kit.memory import Hit
+    from magistral_kit.memory.cube import Hit
 
     history = [(f"message number {i} " + "word " * 60, "ok " * 20) for i in range(30)]
     memories = [Hit(id=f"m{i}", text=f"memory {i} " + "fact " * 60, score=s, source=[], kind="raw", created="", meta={})

@@ -10,8 +10,8 @@ import re
 import numpy as np
 import pytest
 
-from magistral_kit.extraction import Extraction, example_texts, extract, is_example_copy
-from magistral_kit.memory import CubeError, open_memory
+from magistral_kit.memory.extraction import Extraction, example_texts, extract, is_example_copy
+from magistral_kit.memory.cube import CubeError, open_memory
 
 USER = "My sister Ana moved to Lisbon last May."
 CONV = [{"role": "user", "content": USER}, {"role": "assistant", "content": "How exciting for her!"}]

@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import MistralConfig, MistralForCausalLM
 
-from magistral_kit import fast_decode as fd
-from magistral_kit.fast_decode import IncrementalText, cache_steps_for, fast_generate
+from magistral_kit.model import fast_decode as fd
+from magistral_kit.model.fast_decode import IncrementalText, cache_steps_for, fast_generate
 
 GAP = 0.25  # top-2 logit gap above which greedy tokens must agree
 VOCAB = 512
@@ -275,7 +275,7 @@ def test_generation_fast_path_streams_and_reports(tiny: MistralForCausalLM) -> N
     """generate_reply's fast branch: the streamer sees every new token once, the notes say which path ran."""
     from types import SimpleNamespace
 
-    from magistral_kit import generation
+    from magistral_kit.model import generation
     from magistral_kit.config import KitConfig
 
     lm = SimpleNamespace(model=tiny, eos_token_ids=[2], context_window=4096,

@@ -1,6 +1,6 @@
 """Reasoning split on Magistral-format outputs, and replies from real models (embedded and tiny NF4)."""
 
-from magistral_kit.generation import generate_reply, split_reasoning
+from magistral_kit.model.generation import generate_reply, split_reasoning
 
 COMPLETE = "<think>\nThe user asks 2+2. That is 4.\n</think>\n\nThe answer is **4**."
 UNTERMINATED = "<think>\nLet me consider the user's question carefully. First, the capital"
@@ -51,7 +51,7 @@ def test_attention_mask_reaches_the_model(embedded_lm, embedded_config):
 
 
 def test_tiny_mistral_nf4_produces_tokens_on_cpu(tiny_config):
-    from magistral_kit.model import load_model
+    from magistral_kit.model.loading import load_model
 
     lm = load_model(tiny_config, progress=False)
     assert lm.quantization == "nf4" and lm.device == "cpu" and lm.tokenizer_kind == "tekken"

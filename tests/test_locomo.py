@@ -8,10 +8,10 @@ import json
 import pytest
 
 from magistral_kit import KitConfig
-from magistral_kit import locomo_eval as le
-from magistral_kit.locomo import (LocomoFormatError, Question, default_path, evidence_report, load_locomo,
+from magistral_kit.evaluation import locomo_eval as le
+from magistral_kit.evaluation.locomo import (LocomoFormatError, Question, default_path, evidence_report, load_locomo,
                                   normalise_evidence, parse_conversation, score_question, summarise)
-from magistral_kit.retrieval import LexicalIndex, RetrievalOptions, fuse, index_text, lexical_text, rerank
+from magistral_kit.memory.retrieval import LexicalIndex, RetrievalOptions, fuse, index_text, lexical_text, rerank
 
 SECRET = "GOLD-ANNOTATION-NEVER-INGESTED"
 
@@ -262,7 +262,7 @@ def test_extract_mode_aligns_each_memory_to_the_turns_it_restates(tmp_path):
 def test_notebook_runs_on_one_conversation_and_beats_the_baseline():
     from test_notebooks import execute  # the shared runner: one execution per session, failures name the cell
 
-    from magistral_kit.results import read_results
+    from magistral_kit.notebook.results import read_results
 
     r = read_results(execute("03_locomo_eval"))
     assert r["conversations"] == ["30"] and r["mode"] == "raw"

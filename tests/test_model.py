@@ -1,10 +1,10 @@
 """The model layer: one load per kernel, reload-and-free on a weight change, clear errors, tekken formatting."""
 import pytest
 
-from magistral_kit import model as model_mod
+from magistral_kit.model import loading as model_mod
 from magistral_kit.config import KitConfig
-from magistral_kit.prompt import build_prompt
-from magistral_kit.model import GPUUnavailableError, ModelLoadError, load_model
+from magistral_kit.chat.prompt import build_prompt
+from magistral_kit.model.loading import GPUUnavailableError, ModelLoadError, load_model
 
 
 def test_repeated_loads_return_the_same_object(embedded_config):

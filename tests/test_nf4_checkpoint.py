@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, MistralConfig, MistralForCausalLM
 
-from magistral_kit import nf4_checkpoint as ck
+from magistral_kit.model import nf4_checkpoint as ck
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 Each notebook: an H1 title first; ONE imports cell (the first code cell); ONE cell tagged `parameters` right
 after it, holding only ``UPPER_CASE = <literal>`` lines; no execution counts; no error outputs; outputs only
 in cells marked for nbval; no empty cells; the last code cell records results. Fix a dirty notebook with
-``python -m magistral_kit.nbclean notebooks/NAME.ipynb``.
+``python -m magistral_kit.notebook.nbclean notebooks/NAME.ipynb``.
 """
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from magistral_kit.config import REPO_ROOT
-from magistral_kit.nbclean import clean, is_checked
+from magistral_kit.notebook.nbclean import clean, is_checked
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 UPPER = re.compile(r"^[A-Z][A-Z0-9_]*$")
-FIX = "Fix: python -m magistral_kit.nbclean {path}"
+FIX = "Fix: python -m magistral_kit.notebook.nbclean {path}"
 
 
 def cells(path: Path) -> list[dict]:

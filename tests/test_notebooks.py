@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from magistral_kit.config import REPO_ROOT, tmp_dir
-from magistral_kit.results import read_results
+from magistral_kit.notebook.results import read_results
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 EXECUTED_DIR = tmp_dir() / "executed"
@@ -129,8 +129,8 @@ def test_memory_chat_carries_a_fact_across_sessions(results):
 def test_memory_chat_cube_on_disk_matches_what_was_recorded(results):
     """The cube the notebook left behind, read independently: the counts and the two sessions' logs."""
     r = results("01_memory_chat")
-    from magistral_kit.demo import cube_path
-    from magistral_kit.memory import open_memory
+    from magistral_kit.notebook.demo import cube_path
+    from magistral_kit.memory.cube import open_memory
 
     path = cube_path(PARAMETERS["01_memory_chat"]["CUBE"])
     with open_memory(path, read_only=True) as mem:
@@ -172,7 +172,7 @@ def nbval_copy(path: Path) -> Path:
     """A copy for nbval under tmp/nbval/: nbval treats a cell without an execution count as never run (and
     refuses kept outputs there), while the committed notebooks carry no counts; the copy numbers the
     checked cells."""
-    from magistral_kit.nbclean import is_checked
+    from magistral_kit.notebook.nbclean import is_checked
 
     nb = json.loads(path.read_text())
     for n, cell in enumerate(c for c in nb["cells"] if c["cell_type"] == "code"):
@@ -185,7 +185,7 @@ def nbval_copy(path: Path) -> Path:
 
 
 def test_nbval_checked_cells_of_committed_notebooks():
-    from magistral_kit.nbclean import is_checked
+    from magistral_kit.notebook.nbclean import is_checked
 
     marked = [p for p in sorted(NOTEBOOK_DIR.glob("*.ipynb"))
               if any(is_checked(c) for c in json.loads(p.read_text())["cells"])]
@@ -193,7 +193,7 @@ def test_nbval_checked_cells_of_committed_notebooks():
     proc = _nbval([nbval_copy(p) for p in marked])
     assert proc.returncode == 0, (
         f"nbval-lax failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}\nIf the change is intended (e.g. a "
-        "new KitConfig field), refresh the kept outputs from an executed copy: python -m magistral_kit.nbclean "
+        "new KitConfig field), refresh the kept outputs from an executed copy: python -m magistral_kit.notebook.nbclean "
         "--keep-from tmp/executed/00_model.ipynb notebooks/00_model.ipynb")
     assert " passed" in proc.stdout and "failed" not in proc.stdout
 

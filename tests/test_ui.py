@@ -5,8 +5,8 @@ import builtins
 
 import pytest
 
-from magistral_kit import ui
-from magistral_kit.chat import open_chat
+from magistral_kit.notebook import panel as ui
+from magistral_kit.chat.session import open_chat
 from magistral_kit.config import KitConfig
 
 

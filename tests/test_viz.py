@@ -5,12 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from magistral_kit import demo, inspector, viz
+from magistral_kit.notebook import demo
+from magistral_kit.notebook import inspector
+from magistral_kit.notebook import maps as viz
 
 
 @pytest.fixture(scope="module")
 def memory(tmp_path_factory):
-    from magistral_kit.memory import open_memory
+    from magistral_kit.memory.cube import open_memory
 
     mem = open_memory(tmp_path_factory.mktemp("cubes") / "viz")
     demo.ingest(mem, demo.demo_items(24), batch_size=10, progress=False)
@@ -155,12 +157,12 @@ def test_inspector_maps_a_cube_another_process_holds_open(tmp_path):
     import subprocess
     import sys
 
-    from magistral_kit.memory import CubeLockedError, open_memory
+    from magistral_kit.memory.cube import CubeLockedError, open_memory
 
     path = tmp_path / "held"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys\nfrom magistral_kit import demo\nfrom magistral_kit.memory import open_memory\n"
+         "import sys\nfrom magistral_kit.notebook import demo\nfrom magistral_kit.memory.cube import open_memory\n"
          f"m = open_memory({str(path)!r})\ndemo.ingest(m, demo.demo_items(7), progress=False)\n"
          "print('ready', flush=True)\nsys.stdin.read()\nm.close()\n"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -180,7 +182,7 @@ def test_inspector_maps_a_cube_another_process_holds_open(tmp_path):
 
 
 def test_an_empty_cube_draws_an_empty_map_and_heatmap(tmp_path):
-    from magistral_kit.memory import open_memory
+    from magistral_kit.memory.cube import open_memory
 
     with open_memory(tmp_path / "empty") as mem:
         m = viz.memory_map(mem, query="anything", progress=False)

@@ -11,7 +11,7 @@ import html
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from .config import KitConfig
+from magistral_kit.config import KitConfig
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer the user's message concisely."
 MEMORY_HEADER = ("What you remember about the user from earlier conversations (most relevant first; use a "

@@ -26,7 +26,7 @@ def memory_table(memory: Any, newest: int | None = None) -> pd.DataFrame:
         return pd.DataFrame(columns=TABLE_COLUMNS)
     table = items.copy()
     if "session" not in table.columns:
-        from .viz import session_of
+        from magistral_kit.notebook.maps import session_of
 
         table["session"] = [session_of(s) for s in table["source"]]
     table["source"] = [", ".join(s) if isinstance(s, (list, tuple)) else str(s) for s in table["source"]]

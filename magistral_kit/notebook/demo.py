@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .config import KitConfig
+from magistral_kit.config import KitConfig
 
 # A first session that states facts, and a question for the second session that needs one of them.
 SESSION_1 = [
@@ -104,7 +104,7 @@ def reset_cube(cube: KitConfig | str | Path, enabled: bool = True) -> Path:
     Only folders that are kit cubes (a ``cube.json``) or empty are removed: a typo cannot delete a folder
     of something else. `enabled=False` does nothing (a notebook's ``RESET`` parameter passes through).
     """
-    from .memory import open_memory
+    from magistral_kit.memory.cube import open_memory
 
     path = cube.cube_path if isinstance(cube, KitConfig) else cube_path(cube)
     if not enabled or not path.exists():
@@ -121,7 +121,7 @@ def reset_cube(cube: KitConfig | str | Path, enabled: bool = True) -> Path:
 def build_demo_cube(cube: str | Path = "inspector-demo", n: int | None = None, reset: bool = True,
                     batch_size: int = 8, progress: bool = True) -> Any:
     """A small cube of demo memories (three sessions), ingested with a progress bar; returns the open Memory."""
-    from .memory import open_memory
+    from magistral_kit.memory.cube import open_memory
 
     if reset:
         reset_cube(cube)
@@ -133,7 +133,7 @@ def build_demo_cube(cube: str | Path = "inspector-demo", n: int | None = None, r
 
 def open_if_present(cube: str | Path, read_only: bool = True) -> Any | None:
     """Open a cube read-only (works beside a running chat) if it exists; None when there is none."""
-    from .memory import open_memory
+    from magistral_kit.memory.cube import open_memory
 
     path = cube_path(cube)
     if not (path / "cube.json").exists():

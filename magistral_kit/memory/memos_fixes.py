@@ -40,7 +40,7 @@ def import_memos(memos_log_level: int = logging.ERROR) -> Any:
     with _IMPORT_LOCK:
         if "memos" in sys.modules and getattr(sys.modules["memos"], "__kit_imported__", False):
             return sys.modules["memos"]
-        from .config import tmp_dir
+        from magistral_kit.config import tmp_dir
 
         os.environ.setdefault("MEMOS_BASE_PATH", str(tmp_dir() / "memos"))
         import dotenv
@@ -135,7 +135,7 @@ def register_backends() -> None:
         shows a progress bar per call; this one reuses the kit's process-wide embedder."""
 
         def __init__(self, config: KitEmbedderConfig) -> None:
-            from .embedding import get_embedder
+            from magistral_kit.memory.embedding import get_embedder
 
             self.config = config
             self.kit = get_embedder(config.model_name_or_path)
@@ -280,7 +280,7 @@ def extraction_prompt(conversation: str) -> str:
 
     Bug avoided: `GeneralTextMemory.extract` parses the reply itself and crashes on anything but the exact
     JSON (prose → {} → KeyError 'memory list'; empty → IndexError; only JSONDecodeError is retried), so
-    the kit uses MemOS's template and parses the reply itself (magistral_kit.extraction).
+    the kit uses MemOS's template and parses the reply itself (magistral_kit.memory.extraction).
     """
     import_memos()
     from memos.templates.mem_reader_prompts import SIMPLE_STRUCT_MEM_READER_PROMPT

@@ -1,7 +1,7 @@
 """LoCoMo through the product's memory layer: ingest each conversation into a fresh cube, ask its questions.
 
 Why a separate module from `locomo`: loading and the metric need nothing heavy; this part opens cubes
-(`magistral_kit.memory`), embeds, and optionally runs the extractor model.
+(`magistral_kit.memory.cube`), embeds, and optionally runs the extractor model.
 
 Two ingestion modes (`ingest`):
 
@@ -27,10 +27,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .config import tmp_dir
-from .locomo import (CATEGORY_NAMES, KS, REFERENCE_BASELINE, Conversation, Turn, score_question,
+from magistral_kit.config import tmp_dir
+from magistral_kit.evaluation.locomo import (CATEGORY_NAMES, KS, REFERENCE_BASELINE, Conversation, Turn, score_question,
                      summarise)
-from .retrieval import RetrievalOptions
+from magistral_kit.memory.retrieval import RetrievalOptions
 
 LLM = Callable[[list[dict], int], str]
 ALIGN_MIN_SIMILARITY = 0.35
@@ -97,7 +97,7 @@ class ExtractStats:
 def extract_items(conv: Conversation, llm: LLM, encode: Callable[[list[str]], np.ndarray],
                   max_new_tokens: int = 256, progress: bool = True) -> tuple[list[dict[str, Any]], ExtractStats]:
     """MemOS extraction per session, each memory aligned to the turns it restates."""
-    from .extraction import extract
+    from magistral_kit.memory.extraction import extract
 
     stats = ExtractStats()
     items: list[dict[str, Any]] = []
@@ -130,7 +130,7 @@ def ingest(conv: Conversation, mode: str = "raw", options: RetrievalOptions | No
            cube_dir: str | Path | None = None, llm: LLM | None = None, max_new_tokens: int = 256,
            embedder: str = "embedded", progress: bool = True) -> tuple[Any, dict[str, Any]]:
     """(open Memory, info) for ``conv`` ingested into a fresh cube in ``mode`` 'raw' or 'extract'."""
-    from .memory import open_memory
+    from magistral_kit.memory.cube import open_memory
 
     if mode not in ("raw", "extract"):
         raise ValueError(f"mode {mode!r} is unknown. Fix: use 'raw' or 'extract'.")
@@ -160,14 +160,14 @@ def extractor(mode: str, config: Any) -> LLM | None:
     """The extractor callable ``extract`` mode needs (loads `config`'s model, cached); None for ``raw``."""
     if mode != "extract":
         return None
-    from .model import load_model
+    from magistral_kit.model.loading import load_model
 
     return model_llm(load_model(config), config)
 
 
 def model_llm(lm: Any, config: Any) -> LLM:
     """The loaded model as the extractor's callable (greedy, like the chat's extractor)."""
-    from .generation import generate_reply
+    from magistral_kit.model.generation import generate_reply
 
     greedy = config.replace(temperature=0.0)
     return lambda messages, max_new_tokens: generate_reply(lm, messages, greedy, max_new_tokens=max_new_tokens).raw

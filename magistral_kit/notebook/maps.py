@@ -27,7 +27,7 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 import pandas as pd
 
-from .config import tmp_dir
+from magistral_kit.config import tmp_dir
 
 Method = Literal["auto", "umap", "pca"]
 UMAP_MIN_POINTS = 20  # below this UMAP has too few neighbours to say anything PCA does not

@@ -5,8 +5,8 @@ deterministic outputs worth keeping (the config table, the model's size) are che
 ``pytest --nbval-lax``, so they are marked in the cell (``# NBVAL_CHECK_OUTPUT`` as its first line, plus the
 tag ``nbval-check-output``) and kept. ``tests/test_notebook_hygiene.py`` enforces the result.
 
-    python -m magistral_kit.nbclean notebooks/*.ipynb                 # strip in place
-    python -m magistral_kit.nbclean --keep-from tmp/executed/00_model.ipynb notebooks/00_model.ipynb
+    python -m magistral_kit.notebook.nbclean notebooks/*.ipynb                 # strip in place
+    python -m magistral_kit.notebook.nbclean --keep-from tmp/executed/00_model.ipynb notebooks/00_model.ipynb
 """
 from __future__ import annotations
 

@@ -5,9 +5,9 @@ import html
 from dataclasses import dataclass, field
 from typing import Any
 
-from .diagnostics import MemoryReading, Timings, details_html
-from .generation import Reply
-from .prompt import PromptPlan
+from magistral_kit.diagnostics import MemoryReading, Timings, details_html
+from magistral_kit.model.generation import Reply
+from magistral_kit.chat.prompt import PromptPlan
 
 
 @dataclass

@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .config import KitConfig
-from .diagnostics import details_html
+from magistral_kit.config import KitConfig
+from magistral_kit.diagnostics import details_html
 
 _OPEN = re.compile(r"<think>|\[THINK\]")
 _CLOSE = re.compile(r"</think>|\[/THINK\]")
@@ -120,7 +120,7 @@ def _decode(lm: Any, input_ids: Any, attention_mask: Any, limit: int, sampling: 
 def _fast_decode(lm: Any, input_ids: Any, attention_mask: Any, limit: int, sampling: dict, streamer: Any,
                  config: KitConfig) -> tuple[list[int], str, list[str]]:
     """The CUDA-graph decode loop (fast_decode.py); it falls back to generate itself and says why in the notes."""
-    from .fast_decode import cache_steps_for, fast_generate
+    from magistral_kit.model.fast_decode import cache_steps_for, fast_generate
 
     on_token = streamer.text if streamer is not None else None
     res = fast_generate(
@@ -142,7 +142,7 @@ class _TextCallbackStreamer:
     """A transformers streamer: skips the prompt, then passes new text on through `IncrementalText`."""
 
     def __init__(self, lm: Any, on_text: Callable[[str], None]) -> None:
-        from .fast_decode import IncrementalText
+        from magistral_kit.model.fast_decode import IncrementalText
 
         self.text = IncrementalText(lm.decode, on_text)
         self.prompt_seen = False

@@ -46,7 +46,7 @@ def memory_list_html(memory: Any, newest: int = MEMORY_ROWS) -> str:
     """The cube's newest memories (text, kind, provenance) and its total count."""
     if memory is None:
         return "<div><i>memory off</i></div>"
-    from .inspector import memory_table
+    from magistral_kit.notebook.inspector import memory_table
 
     table = memory_table(memory, newest=newest)
     rows = "".join(f"<tr><td style='text-align:left'>{html.escape(str(r.text))}</td><td>{html.escape(str(r.kind))}"

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import KitConfig, data_dir
-from .diagnostics import MemoryReading, memory_reading, table_html
+from magistral_kit.config import KitConfig, data_dir
+from magistral_kit.diagnostics import MemoryReading, memory_reading, table_html
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 _IM_END = "<|im_end|>"
@@ -229,7 +229,7 @@ def _from_pretrained(folder: Path, quant: str, device: str, progress: bool, note
 
         if device != "cuda":  # small CPU models quantize in seconds; no checkpoint to keep
             return quantize()
-        from .nf4_checkpoint import load_or_build
+        from magistral_kit.model.nf4_checkpoint import load_or_build
 
         # Reload a saved pre-quantized checkpoint (seconds) instead of quantizing bf16 weights again.
         model, info = load_or_build(folder, device, quantize, on_message=notes.append)

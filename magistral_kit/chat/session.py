@@ -14,13 +14,13 @@ import secrets
 from pathlib import Path
 from typing import Callable
 
-from .config import KitConfig
-from .diagnostics import memory_reading
-from .generation import generate_reply
-from .logs import configure_logging
-from .model import LoadedModel, load_model
-from .prompt import build_prompt
-from .turn import Turn
+from magistral_kit.config import KitConfig
+from magistral_kit.diagnostics import memory_reading
+from magistral_kit.model.generation import generate_reply
+from magistral_kit.logs import configure_logging
+from magistral_kit.model.loading import LoadedModel, load_model
+from magistral_kit.chat.prompt import build_prompt
+from magistral_kit.chat.turn import Turn
 
 
 class Chat:
@@ -65,7 +65,7 @@ class Chat:
         return turn
 
     def _extract_and_store(self, turn: Turn) -> None:
-        from .extraction import extract
+        from magistral_kit.memory.extraction import extract
 
         messages = [{"role": "user", "content": turn.user}, {"role": "assistant", "content": turn.reply.answer}]
         with turn.timings.step("extract"):
@@ -113,7 +113,7 @@ class Chat:
 
 def open_chat(config: KitConfig | None = None, progress: bool = True) -> Chat:
     """Open (or create) the cube named in `config` and chat over it with the cached model."""
-    from .memory import open_memory
+    from magistral_kit.memory.cube import open_memory
 
     config = config or KitConfig()
     configure_logging(config)
@@ -123,6 +123,6 @@ def open_chat(config: KitConfig | None = None, progress: bool = True) -> Chat:
 
 
 def _retrieval_options(config: KitConfig):
-    from .retrieval import RetrievalOptions
+    from magistral_kit.memory.retrieval import RetrievalOptions
 
     return RetrievalOptions.from_config(config)

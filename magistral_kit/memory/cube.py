@@ -27,17 +27,17 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from . import durable
-from .durable import (
+from magistral_kit.memory import durable
+from magistral_kit.memory.durable import (
     CubeCorruptError, CubeError, CubeFormatError, CubeLockedError, DimensionMismatchError, ReadOnlyCubeError,
 )
-from .embedding import EMBEDDED, Embedder, get_embedder, one_blas_thread
-from . import memos_fixes as fixes
+from magistral_kit.memory.embedding import EMBEDDED, Embedder, get_embedder, one_blas_thread
+from magistral_kit.memory import memos_fixes as fixes
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .retrieval import RetrievalOptions
+    from magistral_kit.memory.retrieval import RetrievalOptions
 
 __all__ = ["Memory", "Hit", "open_memory", "reembed", "restore_previous", "CubeError", "CubeLockedError",
            "CubeFormatError", "DimensionMismatchError", "CubeCorruptError", "ReadOnlyCubeError"]
@@ -255,7 +255,7 @@ class Memory:
             self.notes.append(f"index rebuilt from journal ({reason}); {len(recs)} memories")
 
     def _build_lexical(self) -> None:
-        from .retrieval import LexicalIndex
+        from magistral_kit.memory.retrieval import LexicalIndex
 
         self._lexical = LexicalIndex()
         for rec in self._records.values():
@@ -263,7 +263,7 @@ class Memory:
 
     def _lexical_text(self, rec: dict[str, Any]) -> str:
         """What BM25 indexes: retrieval's `lexical_text` (index_text without the neighbouring context)."""
-        from .retrieval import lexical_text
+        from magistral_kit.memory.retrieval import lexical_text
 
         return lexical_text(rec["text"], rec["meta"], self.retrieval)
 
@@ -290,7 +290,7 @@ class Memory:
     def _embed_text(self, text: str, meta: dict[str, Any]) -> str:
         if self.retrieval is None:
             return text
-        from .retrieval import index_text
+        from magistral_kit.memory.retrieval import index_text
 
         return index_text(text, meta, self.retrieval)
 
@@ -317,7 +317,7 @@ class Memory:
             if opts is None:
                 qtext, n = query, top_k
             else:
-                from .retrieval import candidate_count, query_text
+                from magistral_kit.memory.retrieval import candidate_count, query_text
 
                 qtext, n = query_text(query, opts), candidate_count(top_k, opts)
             vec = self.embedder.encode([qtext])[0]
@@ -326,7 +326,7 @@ class Memory:
                 pairs = fixes.call_with_reopen(vecdb, lambda: fixes.search_with_scores(vecdb, vec, n),
                                                self.notes, "search")
             if opts is not None:
-                from .retrieval import rerank
+                from magistral_kit.memory.retrieval import rerank
 
                 pairs = rerank(query, pairs, top_k, opts, self._lexical)
             return [_hit(self._records[i], s) for i, s in pairs[:top_k] if i in self._records]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Literal
 
-from .memos_fixes import extraction_prompt, extraction_template, strip_reasoning
+from magistral_kit.memory.memos_fixes import extraction_prompt, extraction_template, strip_reasoning
 
 LLM = Callable[[list[dict], int], str]
 _LIST_KEYS = ("memory list", "memory_list", "memorylist", "memories", "memory", "items")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import data_dir
+from magistral_kit.config import data_dir
 
 MANIFEST = "NF4_MANIFEST.json"
 FORMAT = 1
