@@ -2,7 +2,7 @@
 import logging
 
 from magistral_kit.config import KitConfig
-from magistral_kit.logs import configure_logging
+from magistral_kit.chat.logs import configure_logging
 
 
 def test_logs_go_to_the_configured_folder_at_the_chosen_level(tmp_path):

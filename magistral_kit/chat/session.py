@@ -17,7 +17,7 @@ from typing import Callable
 from magistral_kit.config import KitConfig
 from magistral_kit.diagnostics import memory_reading
 from magistral_kit.model.generation import generate_reply
-from magistral_kit.logs import configure_logging
+from magistral_kit.chat.logs import configure_logging
 from magistral_kit.model.loading import LoadedModel, load_model
 from magistral_kit.chat.prompt import build_prompt
 from magistral_kit.chat.turn import Turn
