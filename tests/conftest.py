@@ -36,3 +36,26 @@ def embedded_lm(embedded_config):
     from magistral_kit.model.loading import load_model
 
     return load_model(embedded_config, progress=False)
+
+
+SYSTEM_PROMPT_FILE = "You are Magistral. Think first, then answer the user."
+
+
+@pytest.fixture(scope="session")
+def magistral_dirs(tmp_path_factory):
+    """Tiny random Mistrals with generated tekken tokenizers of Magistral's versions (built on first use).
+
+    v7 is Magistral-Small-2506's ([SYSTEM_PROMPT], reasoning as <think> text); v11 and v13 are later
+    releases' ([THINK] / [/THINK] control tokens). Each folder has a SYSTEM_PROMPT.txt, as Magistral's do.
+    """
+    from magistral_kit.model.random_mistral import build_random_mistral
+
+    built: dict[str, object] = {}
+
+    def get(version: str):
+        if version not in built:
+            built[version] = build_random_mistral(tmp_path_factory.mktemp("models") / f"magistral-{version}",
+                                                  shape="tiny", tokenizer=version, system_prompt=SYSTEM_PROMPT_FILE)
+        return built[version]
+
+    return get

@@ -24,6 +24,7 @@ class Turn:
     timings: Timings = field(default_factory=Timings)
     memory: MemoryReading | None = None
     problems: list[str] = field(default_factory=list)  # what went wrong and how the turn carried on
+    interrupted: str = ""  # '' or the stage a KeyboardInterrupt cut: 'generation' / 'extraction'
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -48,7 +49,7 @@ class Turn:
             "stored_ids": list(self.stored_ids),
             "timings": dict(self.timings.steps),
             "memory": self.memory.to_dict() if self.memory else None,
-            "problems": list(self.problems), "notes": list(self.notes),
+            "problems": list(self.problems), "notes": list(self.notes), "interrupted": self.interrupted,
         }
 
     # --- display ---------------------------------------------------------------------------------------
