@@ -30,6 +30,7 @@ import numpy as np
 from magistral_kit.config import tmp_dir
 from magistral_kit.evaluation.locomo import (CATEGORY_NAMES, KS, REFERENCE_BASELINE, Conversation, Turn, score_question,
                      summarise)
+from magistral_kit.evaluation.synthetic import open_locomo  # noqa: F401  (notebook 03's data cell)
 from magistral_kit.memory.retrieval import RetrievalOptions
 
 LLM = Callable[[list[dict], int], str]
