@@ -39,7 +39,8 @@ class Turn:
             "id": self.id, "user": self.user,
             "answer": r.answer if r else None, "thinking": r.thinking if r else None,
             "reply": ({"tokens_in": r.tokens_in, "tokens_out": r.tokens_out, "seconds": r.seconds,
-                       "stopped": r.stopped, "path": r.path, "reasoning_complete": r.reasoning_complete}
+                       "stopped": r.stopped, "limit": r.limit, "path": r.path,
+                       "reasoning_complete": r.reasoning_complete}
                       if r else None),
             "retrieved": [{"id": h.id, "text": h.text, "score": h.score, "source": list(h.source)}
                           for h in self.retrieved],
