@@ -50,6 +50,9 @@ def test_both_decode_paths_give_the_same_length_and_stop_reason(v7_config, monke
         assert reply.stopped == stopped and reply.tokens_out == expected_len and reply.limit == limit
         assert reply.tokens_in == plan.tokens
     assert plain.raw == fast.raw
+    from magistral_kit.model.fast_decode import current_runner
+
+    assert current_runner(lm.model).cache_len >= plan.tokens + limit  # the fast path's cache holds prompt + limit
     assert "kept for the reply" in plan.to_html() and f"({limit:,} kept for the reply)" in plan.to_html()
 
 
