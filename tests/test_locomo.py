@@ -322,3 +322,14 @@ def test_notebook_runs_on_one_conversation_and_beats_the_baseline(locomo_path):
     assert r["overall"]["recall@5"] >= 0.55, r["overall"]
     assert r["overall"]["recall@5"] > r["baseline_overall"]["recall@5"] + 0.05
     assert set(r["per_category"]) == {"single-hop", "multi-hop", "temporal"}  # conversation 30: no open-domain
+
+
+def test_only_find_locomo_looks_beside_the_repository():
+    """The one place that may read outside the clone is `locomo.shared_path` (used when nothing else is given)."""
+    from magistral_kit.config import REPO_ROOT
+
+    code = [p for p in (REPO_ROOT / "magistral_kit").rglob("*.py")] + list((REPO_ROOT / "bench").glob("*.py"))
+    outside = [str(p.relative_to(REPO_ROOT)) for p in code
+               if "REPO_ROOT.parent" in p.read_text(encoding="utf-8") or "parents[2]" in p.read_text(encoding="utf-8")]
+    assert outside == ["magistral_kit/evaluation/locomo.py"]
+    assert locomo_mod.shared_path() == REPO_ROOT.parent / "shared" / "locomo"
