@@ -193,9 +193,8 @@ def evidence_report(conversations: Sequence[Conversation]) -> dict[str, int]:
 def load_locomo(path: str | Path | None = None, conversations: Iterable[str] | None = None) -> list[Conversation]:
     """Conversations from a folder of per-conversation files, one such file, or the public single-file list.
 
-    ``path`` defaults to `find_locomo` (``$MAGISTRAL_LOCOMO``, then ``../shared/locomo``). ``conversations`` keeps only
-    those sample ids (file stems for
-    per-conversation files, e.g. ``["26", "30"]``), in the order given.
+    ``path`` defaults to `find_locomo` (``$MAGISTRAL_LOCOMO``, then ``../shared/locomo``). ``conversations``
+    keeps only those sample ids (file stems for per-conversation files, e.g. ``["26", "30"]``), in the order given.
     """
     p = Path(path).expanduser() if path is not None else default_path()
     if not p.exists():
