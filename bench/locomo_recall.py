@@ -98,12 +98,14 @@ def ablation_plan() -> list[tuple[str, RetrievalOptions, bool]]:
     ]
 
 
-def run_ablation(convs: list) -> list[dict[str, Any]]:
+def run_ablation(convs: list, only: list[int] | None = None) -> list[dict[str, Any]]:
     steps = []
-    for label, o, kept in ablation_plan():
+    for i, (label, o, kept) in enumerate(ablation_plan()):
+        if only is not None and i not in only:
+            continue
         r = le.run(convs, "raw", o, progress=False)
         s = split(r.rows)
-        steps.append({"step": label, "kept": kept, "options": asdict(o), "overall": s["overall"],
+        steps.append({"index": i, "step": label, "kept": kept, "options": asdict(o), "overall": s["overall"],
                       "tuning_set": s.get("tuning_set"), "held_out": s.get("held_out"), "run_seconds": r.seconds})
         print(f"ablation {label}: {s['overall']} in {r.seconds:.0f} s", flush=True)
     return steps
@@ -167,9 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ablate", action="store_true", help="one run per improvement, cumulative")
     ap.add_argument("--ablation", action="store_true",
                     help="only the ablation that chose the defaults (bench/results/locomo_ablation.json)")
+    ap.add_argument("--ablation-steps", default=None, metavar="I,J",
+                    help="run only these steps of the ablation (to split it over processes; see --merge)")
+    ap.add_argument("--merge", nargs="+", type=Path, default=None, metavar="PART",
+                    help="merge ablation parts (written with --ablation-steps) into --out")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="extractor cap (default: KitConfig's)")
     args = ap.parse_args(argv)
 
+    if args.merge:
+        return merge_ablation(args.merge, args.out or REPO_ROOT / "bench" / "results" / "locomo_ablation.json")
     config = KitConfig()
     options = RetrievalOptions.from_config(config).replace(**parse_set(args.set))
     wanted = args.conversations.split(",") if args.conversations else (None if args.mode == "raw" else ["30"])
@@ -179,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.ablation:
         out_path = args.out or REPO_ROOT / "bench" / "results" / "locomo_ablation.json"
         result = {"conversations": [c.sample_id for c in convs], "tuning_set": list(TUNING_SET),
-                  "held_out": list(HELD_OUT), "steps": run_ablation(convs)}
+                  "held_out": list(HELD_OUT)}
+        only = [int(i) for i in args.ablation_steps.split(",")] if args.ablation_steps else None
+        result["steps"] = run_ablation(convs, only)
         return _write(result, out_path, started)
     result: dict[str, Any] = {"mode": args.mode, "conversations": [c.sample_id for c in convs],
                               "options": asdict(options), "options_label": options.describe(),
@@ -221,6 +231,25 @@ def main(argv: list[str] | None = None) -> int:
     for r in result.get("per_conversation", {}).values():
         r.pop("per_category", None)
     return _write(result, out_path, started)
+
+
+def merge_ablation(parts: list[Path], out_path: Path) -> int:
+    """One ablation result from parts run in separate processes (each keeps its own machine record)."""
+    loaded = [json.loads(p.read_text()) for p in parts]
+    steps = sorted((s for part in loaded for s in part["steps"]), key=lambda s: s["index"])
+    if [s["index"] for s in steps] != list(range(len(ablation_plan()))):
+        raise SystemExit(f"parts cover steps {[s['index'] for s in steps]}, not all of 0..{len(ablation_plan()) - 1}")
+    first = loaded[0]
+    result = {k: first[k] for k in ("conversations", "tuning_set", "held_out")}
+    result.update(steps=steps, seconds_total=max(p["seconds_total"] for p in loaded),
+                  versions=first["versions"], machine=first["machine"],
+                  parts=[{"file": p.name, "steps": [s["index"] for s in part["steps"]],
+                          "seconds_total": part["seconds_total"], "machine": part["machine"]}
+                         for p, part in zip(parts, loaded)],
+                  note="run as parallel processes on the same machine, one part each (--ablation-steps)")
+    out_path.write_text(json.dumps(result, indent=1, default=str))
+    print(f"wrote {out_path}")
+    return 0
 
 
 def _write(result: dict[str, Any], out_path: Path, started: float) -> int:
