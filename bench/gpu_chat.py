@@ -413,5 +413,111 @@ def _turn_row(turn: Any, total: float) -> dict[str, Any]:
     return row
 
 
+
+# --- tables for bench/report.py (README.md and bench/GPU.md); pure functions of the results dict -------------
+def _runs(xs: list[float], nd: int = 1) -> str:
+    return ", ".join(f"{x:.{nd}f}" for x in xs)
+
+
+def _machine(r: dict) -> str:
+    v = r["versions"]
+    return (f"{r['device']}, Python {v['python']}, torch {v['torch']}, transformers {v['transformers']}, "
+            f"bitsandbytes {v['bitsandbytes']}; the Magistral-Small-2506 shape ({r['params_b']:.2f} B parameters, "
+            f"{r['layers']} layers) with random weights, batch 1, greedy, 1,024-token prompt")
+
+
+def _turns(r: dict, kind: str) -> list[dict]:
+    return [r[k] for k in sorted(r) if k.startswith(f"chat_{kind}_turn") and k[len(f"chat_{kind}_turn"):].isdigit()]
+
+
+def markdown_table(r: dict) -> str:
+    """README's GPU summary."""
+    c8, c32 = r["compiled_8k_first_call"], r["compiled_32k_first_call"]
+    rows = [
+        "| | plain `generate` | fast, CUDA graph | fast, compiled + graph |",
+        "|---|---|---|---|",
+        f"| decode tok/s, 8,192-token cache | {r['plain_1k_decode_tok_per_s']:.1f} (dynamic cache) | "
+        f"{r['graph_8k_decode_tok_per_s']:.1f} | {r['compiled_8k_decode_tok_per_s']:.1f} (compile "
+        f"{c8['compile_seconds']:.0f} s once per cache size) |",
+        f"| decode tok/s, 32,768-token cache | – | {r['graph_32k_decode_tok_per_s']:.1f} | "
+        f"{r['compiled_32k_decode_tok_per_s']:.1f} (compile {c32['compile_seconds']:.0f} s) |",
+        f"| GPU peak, 8k cache | – | {r['graph_8k_gpu_peak_gib']:.2f} GiB | {r['compiled_8k_gpu_peak_gib']:.2f} GiB |",
+        f"| full memory-chat turn, median | {r['chat_plain_turn_s_median']:.2f} s | {r['chat_fast_turn_s_median']:.2f} s | – |",
+    ]
+    return "\n".join(rows) + (
+        f"\n\nLoad through `load_model`: bf16 → NF4 {r['kit_load_seconds']:.1f} s; pre-quantized NF4 reload "
+        f"{r['t_load_prequantized_nf4_s']:.2f} s (median of {_runs(r['t_load_prequantized_nf4_s_runs'], 2)}). "
+        f"{_machine(r)}; medians of 3 (`bench/results/gpu_chat_h100.json`).")
+
+
+def decode_table(r: dict) -> str:
+    rows = ["| path | cache | decode tok/s, median | runs | first call: capture / compile | GPU peak |",
+            "|---|---|---|---|---|---|"]
+    for label, key in (("plain `model.generate` (dynamic cache)", "plain_1k"),
+                       ("plain `model.generate`, 8,000-token prompt", "plain_8k")):
+        rows.append(f"| {label} | – | {r[key + '_decode_tok_per_s']:.1f} | {_runs(r[key + '_decode_tok_per_s_runs'])} "
+                    f"| – | {r[key + '_gpu_peak_gib']:.2f} GiB |")
+    for label, key in (("fast, CUDA graph", "graph_8k"), ("fast, CUDA graph", "graph_32k"),
+                       ("fast, compiled + graph", "compiled_8k"), ("fast, compiled + graph", "compiled_32k")):
+        first = r[key + "_first_call"]
+        comp = f"{first['compile_seconds']:.1f} s" if first["compile_seconds"] else "–"
+        rows.append(f"| {label} | {first['cache_len']:,} | {r[key + '_decode_tok_per_s']:.1f} | "
+                    f"{_runs(r[key + '_decode_tok_per_s_runs'])} | {first['capture_seconds']:.2f} s / {comp} | "
+                    f"{r[key + '_gpu_peak_gib']:.2f} GiB |")
+    sampling = ", ".join(f"{r[k]:.1f} {k.split('_')[0]}" for k in sorted(r) if "_sampling_" in k)
+    return "\n".join(rows) + (f"\n\nSampling (temperature 0.7, top_p 0.95), tok/s at 8k: {sampling}. "
+                              f"{_machine(r)} (`bench/results/gpu_chat_h100.json`).")
+
+
+def correctness_table(r: dict) -> str:
+    rows = ["| variant | steps with a clear top-2 gap | argmax agrees | max / mean abs logit difference |",
+            "|---|---|---|---|"]
+    for key in ("graph_8k", "graph_32k", "compiled_8k", "compiled_32k"):
+        c = r[key + "_check_vs_eager_forward"]
+        rows.append(f"| {key.replace('_', ' ')} | {c['clear_steps']} of {c['steps']} | {c['clear_agree']} "
+                    f"({100 * c['clear_agree'] / c['clear_steps']:.0f} %) | {c['max_abs_logit_diff']:.2f} / "
+                    f"{c['mean_abs_logit_diff']:.3f} |")
+    return "\n".join(rows) + f"\n\nClear gap: top-2 logits more than {GAP} apart (`bench/results/gpu_chat_h100.json`)."
+
+
+def prefill_table(r: dict) -> str:
+    return "\n".join([
+        "| prompt | plain generate | fast, graph (eager prefill in chunks of 2,048) |", "|---|---|---|",
+        f"| 1,024 tokens | {r['plain_1k_prefill_s']:.3f} s | {r['graph_8k_prefill_1k_s']:.3f} s |",
+        f"| 8,000 tokens | {r['plain_8k_prefill_s']:.3f} s | {r['graph_8k_prefill_8k_s']:.3f} s |",
+    ]) + "\n\nMedians of 3 (`bench/results/gpu_chat_h100.json`)."
+
+
+def load_table(r: dict) -> str:
+    return "\n".join([
+        "| what | figure |", "|---|---|",
+        f"| random bf16 checkpoint: init on GPU / save | {r['t_random_init_s']:.1f} s / {r['t_save_bf16_s']:.1f} s |",
+        f"| `load_model`, bf16 → NF4 quantized on load | {r['kit_load_seconds']:.1f} s, GPU peak during load "
+        f"{r['gpu_peak_during_load_gib']:.2f} GiB, {r['gpu_alloc_after_load_gib']:.2f} GiB after |",
+        f"| save pre-quantized NF4 (+ SHA-256 of every file) | {r['t_save_nf4_with_hashes_s']:.1f} s, "
+        f"{r['nf4_checkpoint_gb']:.2f} GB |",
+        f"| reload pre-quantized NF4 (runs {_runs(r['t_load_prequantized_nf4_s_runs'], 2)}) | median "
+        f"{r['t_load_prequantized_nf4_s']:.2f} s, {r['gpu_alloc_prequantized_gib']:.2f} GiB |",
+        f"| full re-hash of the checkpoint (`verify(full=True)`) | {r['t_verify_full_hash_s']:.1f} s |",
+    ]) + "\n\nPage cache warm: the files had just been written (`bench/results/gpu_chat_h100.json`)."
+
+
+def turn_table(r: dict) -> str:
+    rows = ["| path | turns | total, median | generate | extract | retrieve | store |", "|---|---|---|---|---|---|---|"]
+    for label, kind, median in (("fast decode (graph, 8k cache)", "fast", r["chat_fast_turn_s_median"]),
+                                ("plain generate", "plain", r["chat_plain_turn_s_median"])):
+        turns = _turns(r, kind)
+
+        def span(step: str) -> str:
+            xs = [t["steps_s"][step] for t in turns if step in t["steps_s"]]
+            return f"{min(xs):.3f}–{max(xs):.3f} s" if xs else "–"
+
+        rows.append(f"| {label} | {len(turns)} | {median:.2f} s | {span('generate')} | {span('extract')} | "
+                    f"{span('retrieve')} | {span('store')} |")
+    first = _turns(r, "fast")[0]
+    return "\n".join(rows) + (
+        f"\n\n{first['tokens_out']} new tokens per reply; embedder: {r['chat_embedder']} "
+        "(`bench/results/gpu_chat_h100.json`).")
+
 if __name__ == "__main__":
     main()

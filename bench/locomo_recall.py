@@ -2,12 +2,21 @@
 
     python bench/locomo_recall.py --mode raw --out bench/results/locomo_raw.json            # all 10, CPU
     python bench/locomo_recall.py --mode extract --conversations 30 --out bench/results/locomo_extract.json
+    python bench/locomo_recall.py --ablation --out bench/results/locomo_ablation.json      # picks the defaults
 
 raw: every dialogue turn one memory, with the retrieval settings of `KitConfig()` (the chat's defaults),
 plus the baseline (plain cosine over ``Speaker: text``) measured the same way unless ``--no-baseline``.
 extract: MemOS extraction per session with the embedded model (`load_model(KitConfig())`); raw recall on the
 same conversations is recorded next to it. ``--set lexical_weight=0`` changes one retrieval setting;
 ``--ablate`` adds one run per improvement switched on in turn (slow: one ingestion each).
+``--ablation`` runs only the ablation that chose the retrieval defaults (`ABLATION`: the cumulative steps, then
+the alternatives that were not kept) over all conversations, with the tuning / held-out halves.
+
+The data: ``--locomo PATH``, else ``$MAGISTRAL_LOCOMO``, else ``../shared/locomo`` when present
+(`magistral_kit.evaluation.locomo.find_locomo`).
+
+`markdown_table` (README's ``locomo`` table) and `ablation_table` (``locomo_ablation``) render the results
+for ``bench/report.py``.
 """
 from __future__ import annotations
 
@@ -69,6 +78,75 @@ def ablation_steps(best: RetrievalOptions) -> list[tuple[str, RetrievalOptions]]
     return steps
 
 
+def ablation_plan() -> list[tuple[str, RetrievalOptions, bool]]:
+    """(label, options, kept): cumulative steps to the default, then alternatives measured against it."""
+    plain = RetrievalOptions.plain()
+    speaker = le.baseline_options()
+    bm25 = speaker.replace(lexical_weight=0.5, fusion="linear", candidates=50)
+    date = bm25.replace(date_in_text=True)
+    context = date.replace(context_turns=2)
+    default = RetrievalOptions.from_config(KitConfig())
+    return [
+        ("plain cosine over the turn text", plain, True),
+        ("`Speaker: text` (reference baseline)", speaker, True),
+        ("+ BM25 hybrid (linear, weight 0.5)", bm25, True),
+        ("+ session date in the text", date, True),
+        ("+ 2 preceding turns as context", context, True),
+        (f"BM25 weight 0.5 → {default.lexical_weight} (the default)", default, True),
+        ("default with RRF fusion instead of linear", default.replace(fusion="rrf"), False),
+        ("default with query rewriting", default.replace(query_rewrite=True), False),
+    ]
+
+
+def run_ablation(convs: list, only: list[int] | None = None) -> list[dict[str, Any]]:
+    steps = []
+    for i, (label, o, kept) in enumerate(ablation_plan()):
+        if only is not None and i not in only:
+            continue
+        r = le.run(convs, "raw", o, progress=False)
+        s = split(r.rows)
+        steps.append({"index": i, "step": label, "kept": kept, "options": asdict(o), "overall": s["overall"],
+                      "tuning_set": s.get("tuning_set"), "held_out": s.get("held_out"), "run_seconds": r.seconds})
+        print(f"ablation {label}: {s['overall']} in {r.seconds:.0f} s", flush=True)
+    return steps
+
+
+def _r(block: dict | None) -> str:
+    if not block:
+        return "–"
+    return " / ".join(f"{block[f'recall@{k}']:.3f}" for k in (1, 5, 10))
+
+
+def markdown_table(result: dict) -> str:
+    """README's LoCoMo table: recall@1/5/10 of the default against the measured baseline."""
+    base = result["baseline"]
+    n = result["overall"]["questions"]
+    rows = [
+        "| retrieval | all conversations | tuning half | held-out half |",
+        "|---|---|---|---|",
+        f"| default (`{result['options_label']}`) | {_r(result['overall'])} | {_r(result.get('tuning_set'))} | "
+        f"{_r(result.get('held_out'))} |",
+        f"| baseline (`{base.get('options_label', 'speaker')}`) | {_r(base.get('overall'))} | "
+        f"{_r(base.get('tuning_set'))} | {_r(base.get('held_out'))} |",
+    ]
+    cpu = result["machine"]
+    return "\n".join(rows) + (
+        f"\n\nrecall@1 / @5 / @10 over {n:,} questions of {len(result['conversations'])} conversations, "
+        f"{result['seconds_total']:.0f} s on {cpu.get('cores')} CPU cores (`bench/results/locomo_raw.json`).")
+
+
+def ablation_table(result: dict) -> str:
+    """The ablation that chose the retrieval defaults (``--ablation``)."""
+    rows = ["| step | tuning half | held-out half | all conversations |", "|---|---|---|---|"]
+    for s in result["steps"]:
+        label = s["step"] if s["kept"] else f"*not kept:* {s['step']}"
+        rows.append(f"| {label} | {_r(s['tuning_set'])} | {_r(s['held_out'])} | {_r(s['overall'])} |")
+    n = result["steps"][0]["overall"]["questions"]
+    return "\n".join(rows) + (f"\n\nrecall@1 / @5 / @10, raw turns, all-MiniLM-L6-v2, {n:,} questions; settings "
+                              f"chosen on the tuning half {', '.join(result['tuning_set'])} "
+                              "(`bench/results/locomo_ablation.json`).")
+
+
 def git_commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
@@ -81,22 +159,38 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=["raw", "extract"], default="raw")
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/locomo_<mode>.json)")
-    ap.add_argument("--locomo", default=None, help="folder or locomo10.json (default ../shared/locomo)")
+    ap.add_argument("--locomo", default=None,
+                    help="folder or locomo10.json (default: $MAGISTRAL_LOCOMO, else ../shared/locomo)")
     ap.add_argument("--conversations", default=None,
                     help="comma-separated ids (default: all for raw, '30' for extract)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a retrieval option, e.g. lexical_weight=0")
     ap.add_argument("--no-baseline", action="store_true", help="skip the measured baseline (reference only)")
     ap.add_argument("--ablate", action="store_true", help="one run per improvement, cumulative")
+    ap.add_argument("--ablation", action="store_true",
+                    help="only the ablation that chose the defaults (bench/results/locomo_ablation.json)")
+    ap.add_argument("--ablation-steps", default=None, metavar="I,J",
+                    help="run only these steps of the ablation (to split it over processes; see --merge)")
+    ap.add_argument("--merge", nargs="+", type=Path, default=None, metavar="PART",
+                    help="merge ablation parts (written with --ablation-steps) into --out")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="extractor cap (default: KitConfig's)")
     args = ap.parse_args(argv)
 
+    if args.merge:
+        return merge_ablation(args.merge, args.out or REPO_ROOT / "bench" / "results" / "locomo_ablation.json")
     config = KitConfig()
     options = RetrievalOptions.from_config(config).replace(**parse_set(args.set))
     wanted = args.conversations.split(",") if args.conversations else (None if args.mode == "raw" else ["30"])
     convs = load_locomo(args.locomo, wanted)
     out_path = args.out or REPO_ROOT / "bench" / "results" / f"locomo_{args.mode}.json"
     started = time.perf_counter()
+    if args.ablation:
+        out_path = args.out or REPO_ROOT / "bench" / "results" / "locomo_ablation.json"
+        result = {"conversations": [c.sample_id for c in convs], "tuning_set": list(TUNING_SET),
+                  "held_out": list(HELD_OUT)}
+        only = [int(i) for i in args.ablation_steps.split(",")] if args.ablation_steps else None
+        result["steps"] = run_ablation(convs, only)
+        return _write(result, out_path, started)
     result: dict[str, Any] = {"mode": args.mode, "conversations": [c.sample_id for c in convs],
                               "options": asdict(options), "options_label": options.describe(),
                               "evidence_fixes": evidence_report(convs)}
@@ -134,12 +228,35 @@ def main(argv: list[str] | None = None) -> int:
                                        "tuning_set": s.get("tuning_set"), "held_out": s.get("held_out"),
                                        "run_seconds": r.seconds})
             print(f"ablation {label}: {s['overall']}", flush=True)
+    for r in result.get("per_conversation", {}).values():
+        r.pop("per_category", None)
+    return _write(result, out_path, started)
+
+
+def merge_ablation(parts: list[Path], out_path: Path) -> int:
+    """One ablation result from parts run in separate processes (each keeps its own machine record)."""
+    loaded = [json.loads(p.read_text()) for p in parts]
+    steps = sorted((s for part in loaded for s in part["steps"]), key=lambda s: s["index"])
+    if [s["index"] for s in steps] != list(range(len(ablation_plan()))):
+        raise SystemExit(f"parts cover steps {[s['index'] for s in steps]}, not all of 0..{len(ablation_plan()) - 1}")
+    first = loaded[0]
+    result = {k: first[k] for k in ("conversations", "tuning_set", "held_out")}
+    result.update(steps=steps, seconds_total=max(p["seconds_total"] for p in loaded),
+                  versions=first["versions"], machine=first["machine"],
+                  parts=[{"file": p.name, "steps": [s["index"] for s in part["steps"]],
+                          "seconds_total": part["seconds_total"], "machine": part["machine"]}
+                         for p, part in zip(parts, loaded)],
+                  note="run as parallel processes on the same machine, one part each (--ablation-steps)")
+    out_path.write_text(json.dumps(result, indent=1, default=str))
+    print(f"wrote {out_path}")
+    return 0
+
+
+def _write(result: dict[str, Any], out_path: Path, started: float) -> int:
     result["seconds_total"] = round(time.perf_counter() - started, 1)
     info = machine_info()
     result["versions"] = {**info.pop("versions", {}), "magistral_kit_commit": git_commit()}
     result["machine"] = {**info, "load_average_at_end": os.getloadavg()}
-    for r in result.get("per_conversation", {}).values():
-        r.pop("per_category", None)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {out_path} ({result['seconds_total']} s total)")

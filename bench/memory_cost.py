@@ -194,5 +194,26 @@ def main() -> None:
     print(json.dumps(result, indent=1))
 
 
+def markdown_table(result: dict) -> str:
+    """README's memory-cost table (bench/report.py): per turn and search on the big cube, p50 / p95."""
+    s, t, m = result["search_10k"], result["per_turn"], result["machine"]
+    n = result["memories"]
+    rows = [
+        "| memory-layer step | p50 | p95 |",
+        "|---|---|---|",
+        f"| one turn: search (top 5) + add 3 memories (embedding, index, fsync'd journal) | {t['p50_ms']:.1f} ms | "
+        f"{t['p95_ms']:.1f} ms |",
+        f"| search on {n:,} memories, query embedding included | {s['p50_ms']:.1f} ms | {s['p95_ms']:.1f} ms |",
+        f"| … of which embedding the query | {s['embed_only']['p50_ms']:.1f} ms | {s['embed_only']['p95_ms']:.1f} ms |",
+        f"| … of which qdrant | {s['qdrant_only']['p50_ms']:.1f} ms | {s['qdrant_only']['p95_ms']:.1f} ms |",
+    ]
+    load = ", ".join(f"{x:.1f}" for x in m.get("loadavg_start", []))
+    return "\n".join(rows) + (
+        f"\n\nIngesting {n:,} memories {result['ingest']['seconds']:.1f} s; reopening the cube "
+        f"{result['reopen_s']:.2f} s, with a full index rebuild {result['reopen_with_index_rebuild_s']:.2f} s. "
+        f"{m['cpu_model']}, {m['cpu_count']} cores shared with other work (load average {load} at the start), "
+        f"Python {m['python']} (`bench/results/memory_cost.json`).")
+
+
 if __name__ == "__main__":
     main()

@@ -97,5 +97,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if not errors and not missing else 1
 
 
+def markdown_table(result: dict) -> str:
+    """README's soak table (bench/report.py)."""
+    m = result["machine"]
+    paths = ", ".join(f"{k} {v}" for k, v in result["extraction_paths"].items())
+    rows = [
+        "| soak | result |",
+        "|---|---|",
+        f"| turns completed | {result['turns_completed']} of {result['turns']}, {len(result['errors'])} errors, "
+        f"{len(result['problems'])} problems |",
+        f"| memories stored / found by a new process | {result['memories_stored']} / "
+        f"{result['memories_found_by_new_process']} ({len(result['missing'])} missing) |",
+        f"| process RSS, first → last turn | {result['rss_first_gib']:.2f} → {result['rss_last_gib']:.2f} GiB "
+        f"({result['rss_growth_gib']:+.2f}) |",
+        f"| turn, median (generation and extraction included) | {result['turn_seconds_median']:.1f} s |",
+        f"| memory layer per turn, median | {result['memory_layer_ms_median']:.0f} ms |",
+        f"| extraction paths | {paths} |",
+    ]
+    return "\n".join(rows) + (f"\n\nModel {result['model']}, {m['cpu']}, {m['cores']} cores, Python {m['python']} "
+                              "(`bench/results/soak_200.json`).")
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -58,7 +58,11 @@ def _chat_loop(config: KitConfig, stdin: TextIO, stdout: TextIO) -> int:
                 _show_memories(chat.memory, text[4:].strip(), say)
                 continue
             stdout.write("assistant> ")
-            turn = chat.send(text, on_text=lambda piece: (stdout.write(piece), stdout.flush()))
+            try:
+                turn = chat.send(text, on_text=lambda piece: (stdout.write(piece), stdout.flush()))
+            except KeyboardInterrupt:  # Ctrl-C stops this turn, not the chat (Chat.send kept it consistent)
+                say(f"\n  ! {chat.turns[-1].problems[-1] if chat.turns else 'interrupted'}")
+                continue
             say()
             _show_turn(turn, say)
     finally:

@@ -82,9 +82,10 @@ class KitConfig(BaseModel):
     extraction_max_new_tokens: int = _field(
         256, "memory", "cap on the extractor's output, so a weak model cannot spend minutes", ge=16)
     # --- retrieval -----------------------------------------------------------------------------------
-    # Defaults = the best setting measured on LoCoMo conversations 26/30/41/42/43 (bench/locomo_recall.py).
+    # Defaults = the best setting on the LoCoMo tuning conversations: bench/results/locomo_ablation.json
+    # (`python bench/locomo_recall.py --ablation`; the README's table is generated from it).
     retrieval_speaker_in_text: bool = _field(
-        True, "retrieval", "embed 'Speaker: text' (meta['speaker']); LoCoMo r@5 0.239 → 0.422 (baseline)")
+        True, "retrieval", "embed 'Speaker: text' (meta['speaker']); see the LoCoMo ablation (README)")
     retrieval_date_in_text: bool = _field(
         True, "retrieval", "prefix the session date (meta['date']) to the embedded text")
     retrieval_context_turns: int = _field(

@@ -36,3 +36,60 @@ def embedded_lm(embedded_config):
     from magistral_kit.model.loading import load_model
 
     return load_model(embedded_config, progress=False)
+
+
+SYSTEM_PROMPT_FILE = "You are Magistral. Think first, then answer the user."
+
+
+@pytest.fixture(scope="session")
+def magistral_dirs(tmp_path_factory):
+    """Tiny random Mistrals with generated tekken tokenizers of Magistral's versions (built on first use).
+
+    v7 is Magistral-Small-2506's ([SYSTEM_PROMPT], reasoning as <think> text); v11 and v13 are later
+    releases' ([THINK] / [/THINK] control tokens). Each folder has a SYSTEM_PROMPT.txt, as Magistral's do.
+    """
+    from magistral_kit.model.random_mistral import build_random_mistral
+
+    built: dict[str, object] = {}
+
+    def get(version: str):
+        if version not in built:
+            built[version] = build_random_mistral(tmp_path_factory.mktemp("models") / f"magistral-{version}",
+                                                  shape="tiny", tokenizer=version, system_prompt=SYSTEM_PROMPT_FILE)
+        return built[version]
+
+    return get
+
+
+# --- LoCoMo: tests marked `locomo` need the real data; everything else runs on the generated set ------------------
+def _locomo_found():
+    from magistral_kit.evaluation.locomo import find_locomo
+
+    return find_locomo()
+
+
+def pytest_report_header(config):
+    found = _locomo_found()
+    return [f"LoCoMo data: {found}" if found else
+            "LoCoMo data: none ($MAGISTRAL_LOCOMO unset, no ../shared/locomo): tests marked 'locomo' are "
+            "deselected; `pytest -m locomo` runs them and they fail without data"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without LoCoMo data, deselect the `locomo` tests unless they were asked for with -m (then they fail)."""
+    if _locomo_found() is not None or "locomo" in (config.getoption("markexpr") or ""):
+        return
+    needs = [item for item in items if item.get_closest_marker("locomo")]
+    if needs:
+        items[:] = [item for item in items if not item.get_closest_marker("locomo")]
+        config.hook.pytest_deselected(items=needs)
+
+
+@pytest.fixture()
+def locomo_path():
+    """The real LoCoMo data; a test that needs it FAILS (never skips) when there is none."""
+    found = _locomo_found()
+    if found is None or not found.exists():
+        pytest.fail("this test needs the real LoCoMo data: set MAGISTRAL_LOCOMO=/path/to/locomo (the folder of "
+                    "per-conversation files or locomo10.json) or put it at ../shared/locomo", pytrace=False)
+    return found

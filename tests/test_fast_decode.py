@@ -283,9 +283,9 @@ def test_generation_fast_path_streams_and_reports(tiny: MistralForCausalLM) -> N
     pieces: list[str] = []
     streamer = generation._TextCallbackStreamer(lm, pieces.append)
     ids = _prompt(12, seed=18)
-    out, path, notes = generation._fast_decode(lm, ids, torch.ones_like(ids), 7, {"do_sample": False}, streamer,
-                                               KitConfig(context_budget=4096))
-    assert len(out) == 7 and path == "generate" and notes == [
+    out, path, notes, cache_full = generation._fast_decode(lm, ids, torch.ones_like(ids), 7, {"do_sample": False},
+                                                           streamer, KitConfig(context_budget=4096), "auto")
+    assert len(out) == 7 and path == "generate" and not cache_full and notes == [
         "fast decode not used: CUDA graphs need a CUDA device (model is on cpu)"]
     assert "".join(pieces) == lm.decode(out)
 

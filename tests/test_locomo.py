@@ -9,8 +9,10 @@ import pytest
 
 from magistral_kit import KitConfig
 from magistral_kit.evaluation import locomo_eval as le
-from magistral_kit.evaluation.locomo import (LocomoFormatError, Question, default_path, evidence_report, load_locomo,
-                                  normalise_evidence, parse_conversation, score_question, summarise)
+from magistral_kit.evaluation import locomo as locomo_mod
+from magistral_kit.evaluation.locomo import (LocomoFormatError, Question, evidence_report, load_locomo,
+                                             normalise_evidence, parse_conversation, score_question, summarise)
+from magistral_kit.evaluation.synthetic import conversation as generated_conversation, open_locomo, write_locomo
 from magistral_kit.memory.retrieval import LexicalIndex, RetrievalOptions, fuse, index_text, lexical_text, rerank
 
 SECRET = "GOLD-ANNOTATION-NEVER-INGESTED"
@@ -47,9 +49,16 @@ def tiny_conversation() -> dict:
     }
 
 
+@pytest.fixture()
+def generated(tmp_path):
+    """The project's own LoCoMo-format set: what tests use, so a clone needs nothing beside it."""
+    return write_locomo(tmp_path / "generated", conversations=3, seed=0)
+
+
 # --- loading ------------------------------------------------------------------------------------------
-def test_shared_folder_loads_all_ten_with_the_known_counts():
-    convs = load_locomo()
+@pytest.mark.locomo
+def test_shared_folder_loads_all_ten_with_the_known_counts(locomo_path):
+    convs = load_locomo(locomo_path)
     assert [c.sample_id for c in convs] == ["26", "30", "41", "42", "43", "44", "47", "48", "49", "50"]
     report = evidence_report(convs)
     assert report["questions"] == 1986 and report["scored questions (categories 1-4)"] == 1536
@@ -59,8 +68,8 @@ def test_shared_folder_loads_all_ten_with_the_known_counts():
     assert sum(len(c.turns) for c in convs) == 5882
 
 
-def test_public_single_file_form_gives_the_same_conversations(tmp_path):
-    flat = [json.loads((default_path() / f"{i}.json").read_text()) for i in ("30", "26")]
+def test_public_single_file_form_gives_the_same_conversations(tmp_path, generated):
+    flat = [json.loads((generated / f"{i}.json").read_text()) for i in ("g2", "g1")]
     public = []
     for sid, d in zip(("conv-30", "conv-26"), flat):
         dialogue = {k: v for k, v in d.items() if k == "speaker_a" or k == "speaker_b"
@@ -69,7 +78,7 @@ def test_public_single_file_form_gives_the_same_conversations(tmp_path):
     path = tmp_path / "locomo10.json"
     path.write_text(json.dumps(public))
     from_file = load_locomo(path)
-    from_folder = load_locomo(conversations=["30", "26"])
+    from_folder = load_locomo(generated, conversations=["g2", "g1"])
     assert [c.sample_id for c in from_file] == ["conv-30", "conv-26"]
     for a, b in zip(from_file, from_folder):
         assert a.turns == b.turns and a.questions == b.questions
@@ -107,7 +116,48 @@ def test_unreadable_or_missing_paths_say_so(tmp_path):
     with pytest.raises(LocomoFormatError, match="does not exist"):
         load_locomo(tmp_path / "nowhere")
     with pytest.raises(LocomoFormatError, match=r"\['99'\] not in"):
-        load_locomo(conversations=["99"])
+        load_locomo(write_locomo(tmp_path / "g"), conversations=["99"])
+
+
+def test_where_the_data_comes_from(tmp_path, monkeypatch, generated):
+    """A given path, else $MAGISTRAL_LOCOMO, else ../shared/locomo if present; without any, a clear error."""
+    monkeypatch.setattr(locomo_mod, "shared_path", lambda: tmp_path / "no-shared")
+    monkeypatch.delenv(locomo_mod.LOCOMO_ENV, raising=False)
+    assert locomo_mod.find_locomo() is None
+    with pytest.raises(LocomoFormatError, match="no LoCoMo data found.*MAGISTRAL_LOCOMO.*synthetic"):
+        load_locomo()
+    monkeypatch.setenv(locomo_mod.LOCOMO_ENV, str(generated))
+    assert [c.sample_id for c in load_locomo()] == ["g1", "g2", "g3"]
+    monkeypatch.delenv(locomo_mod.LOCOMO_ENV)
+    monkeypatch.setattr(locomo_mod, "shared_path", lambda: generated)
+    assert locomo_mod.find_locomo() == generated
+
+
+def test_generated_set_is_locomo_shaped_and_seeded(tmp_path):
+    a = write_locomo(tmp_path / "a", conversations=2, seed=7)
+    b = write_locomo(tmp_path / "b", conversations=2, seed=7)
+    assert [f.read_text() for f in sorted(a.glob("*.json"))] == [f.read_text() for f in sorted(b.glob("*.json"))]
+    assert generated_conversation(1) != generated_conversation(2)
+    convs = load_locomo(a)
+    report = evidence_report(convs)
+    assert report["questions without evidence"] == 0 and report["scored questions (categories 1-4)"] == 12
+    for c in convs:
+        assert {q.category for q in c.questions} == {1, 2, 3, 4, 5}
+        assert all(set(q.evidence) <= c.turn_ids for q in c.questions)  # every evidence id names a real turn
+        assert len(c.sessions) == 3 and all(c.turn(q.evidence[0]).text for q in c.questions)
+
+
+def test_without_data_the_pipeline_runs_on_the_generated_set_and_says_so(monkeypatch, tmp_path):
+    monkeypatch.setattr(locomo_mod, "shared_path", lambda: tmp_path / "no-shared")
+    monkeypatch.delenv(locomo_mod.LOCOMO_ENV, raising=False)
+    monkeypatch.setenv("MAGISTRAL_KIT_TMP", str(tmp_path / "tmp"))
+    convs, source = open_locomo(None, ["30"])
+    assert "GENERATED" in source and [c.sample_id for c in convs] == ["g1", "g2", "g3"]
+    run = le.run(convs, "raw", RetrievalOptions(), cube_root=tmp_path / "cubes", progress=False)
+    assert run.summary["overall"]["questions"] == 18
+    assert run.summary["overall"]["recall@5"] >= 0.8, run.summary  # facts between fillers: easy, but not trivial
+    convs, source = open_locomo(tmp_path / "tmp" / "locomo-generated", ["g2"])
+    assert source.startswith("LoCoMo from") and [c.sample_id for c in convs] == ["g2"]
 
 
 # --- evidence -----------------------------------------------------------------------------------------
@@ -259,14 +309,27 @@ def test_extract_mode_aligns_each_memory_to_the_turns_it_restates(tmp_path):
 
 # --- the notebook -------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_notebook_runs_on_one_conversation_and_beats_the_baseline():
+@pytest.mark.locomo
+def test_notebook_runs_on_one_conversation_and_beats_the_baseline(locomo_path):
     from test_notebooks import execute  # the shared runner: one execution per session, failures name the cell
 
     from magistral_kit.notebook.results import read_results
 
     r = read_results(execute("03_locomo_eval"))
+    assert r["data"] == f"LoCoMo from {locomo_path}"
     assert r["conversations"] == ["30"] and r["mode"] == "raw"
     assert r["overall"]["questions"] == 81 and r["baseline_overall"]["questions"] == 81
     assert r["overall"]["recall@5"] >= 0.55, r["overall"]
     assert r["overall"]["recall@5"] > r["baseline_overall"]["recall@5"] + 0.05
     assert set(r["per_category"]) == {"single-hop", "multi-hop", "temporal"}  # conversation 30: no open-domain
+
+
+def test_only_find_locomo_looks_beside_the_repository():
+    """The one place that may read outside the clone is `locomo.shared_path` (used when nothing else is given)."""
+    from magistral_kit.config import REPO_ROOT
+
+    code = [p for p in (REPO_ROOT / "magistral_kit").rglob("*.py")] + list((REPO_ROOT / "bench").glob("*.py"))
+    outside = [str(p.relative_to(REPO_ROOT)) for p in code
+               if "REPO_ROOT.parent" in p.read_text(encoding="utf-8") or "parents[2]" in p.read_text(encoding="utf-8")]
+    assert outside == ["magistral_kit/evaluation/locomo.py"]
+    assert locomo_mod.shared_path() == REPO_ROOT.parent / "shared" / "locomo"

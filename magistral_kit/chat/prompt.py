@@ -2,8 +2,13 @@
 
 The budget is enforced by counting the tokens the model will really see (`LoadedModel.encode_chat`), not by
 estimating characters. What does not fit is dropped in a fixed order and reported: the oldest exchanges
-first, then the lowest-scored memories. The reply keeps a reserve of the budget (up to half of it) so a
-long prompt cannot leave no room to answer.
+first, then the lowest-scored memories, until the prompt leaves the reply at least
+``min(max_new_tokens, budget // 2)`` tokens. What the reply may then use is `generation.reply_limit`: the
+budget minus the prompt, at most max_new_tokens; the plan's "kept for the reply" is exactly that limit.
+
+Exchanges whose answer is empty (a reasoning trace cut by the token limit, an immediate end of sequence) are
+never put in the prompt: mistral-common rejects an empty assistant message, and an empty reply teaches the
+model nothing. The chat keeps such exchanges out of its history too (`Chat.send`).
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from magistral_kit.config import KitConfig
+from magistral_kit.model.generation import context_budget, reply_limit
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer the user's message concisely."
 MEMORY_HEADER = ("What you remember about the user from earlier conversations (most relevant first; use a "
@@ -29,7 +35,7 @@ class PromptPlan:
     messages: list[dict]
     tokens: int
     budget: int
-    reply_reserve: int
+    reply_reserve: int  # the reply's limit: min(max_new_tokens, budget - tokens)
     memories: list[Any]
     exchanges_kept: int
     exchanges_dropped_for_window: int = 0
@@ -73,11 +79,12 @@ def build_prompt(lm: Any, config: KitConfig, user_text: str, history: Sequence[t
                  memories: Sequence[Any]) -> PromptPlan:
     """Fit system prompt + memories + recent exchanges + the new message into the budget."""
     base = config.system_prompt if config.system_prompt is not None else lm.system_prompt
-    budget = min(config.context_budget, lm.context_window)
+    budget = context_budget(lm, config)
     reserve = min(config.max_new_tokens, budget // 2)
     limit = budget - reserve
-    window = list(history)[-config.history_turns:] if config.history_turns else []
-    dropped_window = len(history) - len(window)
+    answered = [(u, a) for u, a in history if a and a.strip()]
+    window = answered[-config.history_turns:] if config.history_turns else []
+    dropped_window = len(answered) - len(window)
     kept_memories = sorted(memories, key=lambda m: m.score, reverse=True)
     dropped_memories: list[Any] = []
     dropped_budget = 0
@@ -103,6 +110,7 @@ def build_prompt(lm: Any, config: KitConfig, user_text: str, history: Sequence[t
             f"the message alone needs {tokens:,} prompt tokens, more than the {limit:,} the budget allows "
             f"(context_budget {budget:,} minus {reserve:,} reserved for the reply). Fix: shorten the message, "
             "or lower max_new_tokens / raise context_budget (up to the model's window)")
-    return PromptPlan(messages=messages, tokens=tokens, budget=budget, reply_reserve=reserve,
+    return PromptPlan(messages=messages, tokens=tokens, budget=budget,
+                      reply_reserve=reply_limit(lm, config, tokens)[0],
                       memories=kept_memories, exchanges_kept=len(window), exchanges_dropped_for_window=dropped_window,
                       exchanges_dropped_for_budget=dropped_budget, memories_dropped=dropped_memories)

@@ -11,8 +11,11 @@ import datetime as _dt
 import json
 import os
 import secrets
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from magistral_kit.config import KitConfig
 from magistral_kit.diagnostics import memory_reading
@@ -36,13 +39,39 @@ class Chat:
 
     # --- one turn --------------------------------------------------------------------------------------
     def send(self, text: str, on_text: Callable[[str], None] | None = None) -> Turn:
-        """Run one turn and return its diagnostics. `on_text` receives the reply as it is generated."""
+        """Run one turn and return its diagnostics. `on_text` receives the reply as it is generated.
+
+        An interrupt (the notebook's stop button, Ctrl-C) is re-raised after the turn is made consistent:
+        during retrieval or generation nothing of the turn enters the history or the memory; during
+        extraction the exchange is in the history and nothing of it is stored. Either way the turn is in
+        `turns` and the session log, marked ``interrupted``, and the next `send` works. Storing and logging
+        are never cut half-way (an interrupt there is held until they finish).
+        """
         if not isinstance(text, str) or not text.strip():
             raise ValueError("send() needs a non-empty message string")
-        cfg = self.config
         turn = Turn(id=f"{self.session}-t{len(self.turns) + 1}", user=text)
-        use_memory = cfg.memory and self.memory is not None
-        if use_memory and cfg.top_k and len(self.memory):
+        stage = "generation"
+        try:
+            self._answer(turn, on_text)
+            stage = "extraction"
+            self._remember(turn)
+        except KeyboardInterrupt:
+            turn.interrupted = stage
+            if stage == "generation":
+                what = "nothing of this turn entered the history or the memory"
+            else:
+                stored = f"{len(turn.stored_ids)} memory(ies) stored" if turn.stored_ids else "nothing of it stored"
+                what = f"the exchange is in the history; {stored}"
+            turn.problems.append(f"interrupted during {stage}: {what}")
+            self._finish(turn)
+            raise
+        self._finish(turn)
+        return turn
+
+    def _answer(self, turn: Turn, on_text: Callable[[str], None] | None) -> None:
+        """Retrieve, build the prompt, generate; then the exchange enters the history (if it has an answer)."""
+        cfg, text = self.config, turn.user
+        if self._use_memory and cfg.top_k and len(self.memory):
             with turn.timings.step("retrieve"):
                 try:
                     turn.retrieved = self.memory.search(text, top_k=cfg.top_k)
@@ -54,20 +83,35 @@ class Chat:
             turn.reply = generate_reply(self.lm, turn.plan.messages, cfg,
                                         max_new_tokens=cfg.max_new_tokens, on_text=on_text)
         turn.notes += turn.reply.notes
-        self.history.append((text, turn.reply.answer))
-        if use_memory and cfg.extract:
+        if turn.reply.answer.strip():
+            self.history.append((text, turn.reply.answer))
+        else:
+            # never an empty assistant message: mistral-common rejects it, and it would end the chat
+            turn.notes.append(f"empty answer {turn.reply.empty_reason()}: this exchange is kept out of the "
+                              "history; the message alone goes to extraction")
+
+    def _remember(self, turn: Turn) -> None:
+        if self._use_memory and self.config.extract:
             self._extract_and_store(turn)
-        elif use_memory:
+        elif self._use_memory:
             turn.notes.append("extraction off: nothing stored this turn")
+
+    @property
+    def _use_memory(self) -> bool:
+        return self.config.memory and self.memory is not None
+
+    def _finish(self, turn: Turn) -> None:
         turn.memory = memory_reading()
-        self.turns.append(turn)
-        self._log(turn)
-        return turn
+        with _interrupt_held():
+            self.turns.append(turn)
+            self._log(turn)
 
     def _extract_and_store(self, turn: Turn) -> None:
         from magistral_kit.memory.extraction import extract
 
-        messages = [{"role": "user", "content": turn.user}, {"role": "assistant", "content": turn.reply.answer}]
+        messages = [{"role": "user", "content": turn.user}]
+        if turn.reply is not None and turn.reply.answer.strip():
+            messages.append({"role": "assistant", "content": turn.reply.answer})
         with turn.timings.step("extract"):
             turn.extraction = extract(messages, self.extractor_llm, self.config.extraction_max_new_tokens)
         # date and speaker feed the retrieval options (KitConfig retrieval section), as in the LoCoMo runs
@@ -75,7 +119,7 @@ class Chat:
         items = [{"text": item.text, "source": [turn.id], "kind": item.kind,
                   "meta": {**meta, **({"speaker": "User"} if item.kind == "raw" else {})}}
                  for item in turn.extraction.items]
-        with turn.timings.step("store"):
+        with turn.timings.step("store"), _interrupt_held():
             try:
                 turn.stored_ids = self.memory.add_many(items) if items else []
             except Exception as exc:
@@ -126,3 +170,23 @@ def _retrieval_options(config: KitConfig):
     from magistral_kit.memory.retrieval import RetrievalOptions
 
     return RetrievalOptions.from_config(config)
+
+
+@contextmanager
+def _interrupt_held() -> Iterator[None]:
+    """Hold a Ctrl-C / notebook interrupt until the block is done, then raise it (main thread only).
+
+    Storing a turn's memories and writing its log line are short; cut half-way they would leave the memory
+    and the log disagreeing about the turn.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt

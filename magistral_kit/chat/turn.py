@@ -24,6 +24,7 @@ class Turn:
     timings: Timings = field(default_factory=Timings)
     memory: MemoryReading | None = None
     problems: list[str] = field(default_factory=list)  # what went wrong and how the turn carried on
+    interrupted: str = ""  # '' or the stage a KeyboardInterrupt cut: 'generation' / 'extraction'
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -38,7 +39,8 @@ class Turn:
             "id": self.id, "user": self.user,
             "answer": r.answer if r else None, "thinking": r.thinking if r else None,
             "reply": ({"tokens_in": r.tokens_in, "tokens_out": r.tokens_out, "seconds": r.seconds,
-                       "stopped": r.stopped, "path": r.path, "reasoning_complete": r.reasoning_complete}
+                       "stopped": r.stopped, "limit": r.limit, "path": r.path,
+                       "reasoning_complete": r.reasoning_complete}
                       if r else None),
             "retrieved": [{"id": h.id, "text": h.text, "score": h.score, "source": list(h.source)}
                           for h in self.retrieved],
@@ -48,7 +50,7 @@ class Turn:
             "stored_ids": list(self.stored_ids),
             "timings": dict(self.timings.steps),
             "memory": self.memory.to_dict() if self.memory else None,
-            "problems": list(self.problems), "notes": list(self.notes),
+            "problems": list(self.problems), "notes": list(self.notes), "interrupted": self.interrupted,
         }
 
     # --- display ---------------------------------------------------------------------------------------

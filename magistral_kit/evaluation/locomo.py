@@ -6,7 +6,7 @@ Why this module exists: a memory must be judged on conversations nobody here wro
 Two file shapes are accepted:
 
 * one conversation per file, flat: ``{"speaker_a", "speaker_b", "session_1", "session_1_date_time", …, "qa"}``
-  (what ``../shared/locomo`` holds), in a folder or as a single file;
+  (the form of the shared copy and of `synthetic.write_locomo`), in a folder or as a single file;
 * the public single-file form: a JSON list of ``{"sample_id", "conversation": {…}, "qa": […]}``.
 
 Only the dialogue is kept (``session_N`` turns and their dates). The gold annotations ``session_N_observation``,
@@ -18,9 +18,12 @@ optional stray colon after the ``D`` (``D:11:26``) and leading zeros (``D30:05``
 (``D11:26``, ``D30:5``). A piece with no turn number (``D``) is dropped. Ids that are well formed but name a turn
 that does not exist (``D10:19`` when session 10 has 16 turns) are kept, since nothing can be inferred, and
 reported as *dangling*; repeated ids are removed. `evidence_report` counts every kind of fix over a set of
-conversations; over the 1,986 questions of ``../shared/locomo`` it finds 1 ``;``-joined pair, 3 space-joined
-lists, 1 leading zero, 1 stray colon, 1 bare ``D`` (dropped), 1 repeated id and 2 dangling ids. Questions left with no evidence (4, all open-domain) cannot be scored
-and are excluded from recall, as in the reference figure (1,536 questions of categories 1–4).
+conversations (``tests/test_locomo.py`` pins its counts on the real data). Questions left with no evidence
+cannot be scored and are excluded from recall, as in the reference figure (categories 1–4 only).
+
+**Where the data is** (`find_locomo`): a path the caller gives, else ``$MAGISTRAL_LOCOMO``, else
+``../shared/locomo`` beside the repository when it exists. Nothing else is read; without data, tests and
+notebook 03 use a small LoCoMo-format set the project generates (`magistral_kit.evaluation.synthetic`).
 
 **Metric** (`score_question`, `summarise`): for a question of categories 1–4, retrieve the top k memories; it is
 a hit at k when any of them has a provenance (``source``) that contains one of the question's evidence ids.
@@ -28,6 +31,7 @@ a hit at k when any of them has a provenance (``source``) that contains one of t
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -55,9 +59,31 @@ class LocomoFormatError(ValueError):
     """A file is not LoCoMo-shaped; the message says which file, what is missing and how to fix it."""
 
 
-def default_path() -> Path:
-    """The shared copy: ``../shared/locomo`` next to the repository."""
+LOCOMO_ENV = "MAGISTRAL_LOCOMO"
+
+
+def shared_path() -> Path:
+    """Where a shared copy may sit: ``../shared/locomo`` next to the repository."""
     return REPO_ROOT.parent / "shared" / "locomo"
+
+
+def find_locomo() -> Path | None:
+    """The LoCoMo data to use when no path is given: ``$MAGISTRAL_LOCOMO``, else the shared copy if present."""
+    env = os.environ.get(LOCOMO_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    return shared_path() if shared_path().exists() else None
+
+
+def default_path() -> Path:
+    """`find_locomo`, or raise `LocomoFormatError` saying how to point at the data."""
+    found = find_locomo()
+    if found is None:
+        raise LocomoFormatError(
+            f"no LoCoMo data found: ${LOCOMO_ENV} is not set and {shared_path()} does not exist. Fix: pass the "
+            f"folder or locomo10.json (load_locomo(path), --locomo PATH), or set {LOCOMO_ENV}=PATH; to try the "
+            "pipeline without it, use magistral_kit.evaluation.synthetic.write_locomo(folder)")
+    return found
 
 
 @dataclass(frozen=True)
@@ -167,13 +193,13 @@ def evidence_report(conversations: Sequence[Conversation]) -> dict[str, int]:
 def load_locomo(path: str | Path | None = None, conversations: Iterable[str] | None = None) -> list[Conversation]:
     """Conversations from a folder of per-conversation files, one such file, or the public single-file list.
 
-    ``path`` defaults to ``../shared/locomo``. ``conversations`` keeps only those sample ids (file stems for
-    per-conversation files, e.g. ``["26", "30"]``), in the order given.
+    ``path`` defaults to `find_locomo` (``$MAGISTRAL_LOCOMO``, then ``../shared/locomo``). ``conversations``
+    keeps only those sample ids (file stems for per-conversation files, e.g. ``["26", "30"]``), in the order given.
     """
     p = Path(path).expanduser() if path is not None else default_path()
     if not p.exists():
         raise LocomoFormatError(f"LoCoMo path {p} does not exist. Fix: pass the folder of per-conversation "
-                                f"JSON files or the single-file locomo10.json (default: {default_path()}).")
+                                f"JSON files or the single-file locomo10.json, or set {LOCOMO_ENV}.")
     files = sorted(p.glob("*.json"), key=_numeric_first) if p.is_dir() else [p]
     if not files:
         raise LocomoFormatError(f"{p} holds no .json file. Fix: point at the LoCoMo folder or file.")

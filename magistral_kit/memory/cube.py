@@ -188,7 +188,7 @@ class Memory:
                               "config": {"model_name_or_path": "kit-extractor", "max_tokens": 256}},
             "vector_db": {"backend": "qdrant", "config": {
                 # unit-norm vectors: dot == cosine, and qdrant local mode then skips re-normalising
-                # every stored vector on every search (16 ms → 3 ms at 10k memories)
+                # every stored vector on every search (a large share of a 10k-memory search)
                 "collection_name": COLLECTION, "vector_dimension": self.dimension,
                 "distance_metric": "dot", "path": qdrant_path}},
             "embedder": {"backend": fixes.EMBEDDER_BACKEND,

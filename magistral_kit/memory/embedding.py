@@ -1,12 +1,12 @@
 """The sentence embedder, loaded once per process and called without sentence-transformers' overhead.
 
-`SentenceTransformer.encode` costs ~6 ms per query here (sorting, a progress-bar check, device moves and
-list conversions around a ~4 ms forward). Calling the loaded modules directly under `inference_mode` keeps
-the same numbers (same tokenizer, pooling and normalisation) at the forward's cost.
+`SentenceTransformer.encode` spends more per query on sorting, a progress-bar check, device moves and list
+conversions than on the forward itself. Calling the loaded modules directly under `inference_mode` keeps the
+same numbers (same tokenizer, pooling and normalisation) at the forward's cost.
 
 Threads: a 6-layer MiniLM forward on one short text is too small to split. With torch's default of one
-thread per core and other processes on the cores, OpenMP's spin-waiting made it 40–470 ms instead of
-~7 ms (measured on the shared 2-core box). So small batches (≤ `small_batch` texts) run on ONE thread:
+thread per core and other processes on the cores, OpenMP's spin-waiting made it many times slower (seen on
+the shared 2-core box; `bench/memory_cost.py` measures the result). So small batches (≤ `small_batch` texts) run on ONE thread:
 torch's thread count is set to 1 for that call and restored afterwards (process-wide for those few
 milliseconds; the chat embeds and generates one after the other, never at once). Large batches
 (ingestion, re-embedding) keep all threads.
@@ -92,9 +92,9 @@ def one_blas_thread() -> Any:
     """A context limiting numpy's BLAS to one thread (cached controller: ~10 µs per use).
 
     qdrant's local search is a BLAS matrix-vector product over every stored vector; with two BLAS threads
-    the second one spins after each call, so a 10k-memory search cost ~23 ms of CPU for ~11 ms of wall
-    time (measured), taking a core from the chat model and the other people on a shared box. One thread:
-    ~14 ms wall, ~14 ms CPU. Falls back to a no-op when threadpoolctl is missing.
+    the second one spins after each call, burning about as much CPU as the search itself, taking a core from
+    the chat model and the other people on a shared box. One thread: CPU time equals wall time (see
+    `bench/memory_cost.py`). Falls back to a no-op when threadpoolctl is missing.
     """
     global _BLAS
     if _BLAS is None:

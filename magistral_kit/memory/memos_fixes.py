@@ -203,8 +203,8 @@ def close_vecdb(vecdb: Any) -> None:
 def relax_index_fsync(vecdb: Any) -> bool:
     """Let qdrant's local SQLite skip its per-point fsync (PRAGMA synchronous=OFF). Not a MemOS bug: a
     kit choice. The index is disposable — the fsync'd journal is the durable copy, and on open a damaged
-    or out-of-step index is rebuilt from it — so paying one fsync per point (10k points: ~10 s to minutes
-    on a busy disk) buys nothing. Returns False (and changes nothing) if qdrant's internals differ."""
+    or out-of-step index is rebuilt from it — so paying one fsync per point (thousands of them
+    at ingestion, slow on a busy disk) buys nothing. Returns False (and changes nothing) if qdrant's internals differ."""
     try:
         for col in vecdb.client._client.collections.values():
             storage = getattr(col, "storage", None)

@@ -2,24 +2,10 @@
 
 Why: plain cosine between a question and a memory misses memories that share the question's rare words (names,
 titles, places) but not its phrasing, and short turns ("Yes, last Friday!") whose meaning lives in the turn
-before. Each option was measured on LoCoMo raw turns with all-MiniLM-L6-v2 (recall@1/@5/@10; settings chosen
-on conversations 26, 30, 41, 42, 43 = "tuning", checked on 44, 47, 48, 49, 50 = "held out"), cumulative:
-
-======================================  ==================  ==================  ==================
-step                                    tuning              held out            all 10 (1,536 q.)
-======================================  ==================  ==================  ==================
-plain cosine over the turn text         —                   —                   .089 / .239 / .328
-``Speaker: text`` (reference baseline)  .216 / .471 / .567  .164 / .374 / .466  .189 / .422 / .516
-+ BM25 hybrid (linear, w 0.5)           .363 / .632 / .711  .317 / .601 / .688  .340 / .616 / .699
-+ session date in the text              .396 / .645 / .730  .352 / .630 / .706  .374 / .637 / .718
-+ 2 preceding turns as context          .411 / .676 / .755  .374 / .651 / .738  .392 / .663 / .747
-BM25 weight 0.5 → 0.3 (the default)     .405 / .693 / .776  .369 / .665 / .764  .387 / .679 / .770
-======================================  ==================  ==================  ==================
-
-Not kept (tuning r@5 against the row it was added to): RRF fusion instead of linear (.611 vs .693), query
-rewriting (.696 vs .693, but r@1 .386 vs .405 and held-out r@5 .659 vs .665), 1 or 3 context turns (.636,
-.654 vs .676 at w 0.5), the image caption in the text (all-10 r@5 .409 vs .422), BM25 over the
-context-widened text (r@1 .236 vs .345 with one context turn: BM25 then finds the neighbour, not the turn).
+before. Each option was measured on LoCoMo raw turns with all-MiniLM-L6-v2, settings chosen on the tuning
+conversations and checked on the held-out ones: ``python bench/locomo_recall.py --ablation`` writes
+``bench/results/locomo_ablation.json`` (cumulative steps to the defaults, then alternatives that were not kept:
+RRF fusion, query rewriting), and the README's ablation table is generated from it (``bench/report.py``).
 
 The memory layer calls these hooks; nothing here touches a cube:
 
@@ -92,8 +78,8 @@ class RetrievalOptions:
 def lexical_text(text: str, meta: Mapping[str, Any] | None, options: RetrievalOptions) -> str:
     """What the `LexicalIndex` should hold for a memory: `index_text` WITHOUT the neighbouring context.
 
-    Measured: BM25 over context-widened text finds the neighbour instead of the turn (LoCoMo tuning r@1
-    0.345 → 0.236 with one context turn), so context only ever enters the dense side.
+    BM25 over context-widened text finds the neighbour instead of the turn (recall@1 fell on the LoCoMo tuning
+    conversations when tried), so context only ever enters the dense side.
     """
     return index_text(text, meta, replace(options, context_turns=0))
 

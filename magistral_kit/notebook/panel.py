@@ -25,7 +25,7 @@ def conversation_html(turns: Sequence[Any], live: str | None = None) -> str:
     parts = []
     for t in turns:
         parts.append(_bubble("you", t.user, "#e8f0fe", "right"))
-        answer = t.answer or ("(no answer: the reasoning did not finish)" if t.reply else "")
+        answer = t.answer or (t.reply.empty_reason() if t.reply else "")
         note = f" · {len(t.retrieved)} memories used" if t.retrieved else ""
         parts.append(_bubble(f"assistant{note}", answer, "#f1f3f4", "left"))
     if live is not None:

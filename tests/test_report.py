@@ -1,0 +1,45 @@
+"""Figures come from results: every table of figures in README.md and bench/GPU.md is generated from a JSON
+in bench/results/ by the bench script that wrote it (bench/report.py), and no measured figure sits outside
+those tables."""
+from __future__ import annotations
+
+import importlib.util
+import re
+
+import pytest
+
+from magistral_kit.config import REPO_ROOT
+
+spec = importlib.util.spec_from_file_location("bench_report", REPO_ROOT / "bench" / "report.py")
+report = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(report)
+
+# a number with a unit of measurement (time, size, rate, share) — what a measurement looks like in prose
+MEASURED = re.compile(r"(?<![\w.])~?\d[\d,.]*\s?(?:ms|s|min|GiB|GB|MB|tok/s|%)(?![\w])")
+CODE = re.compile(r"```.*?```", re.S)
+
+
+def test_every_table_matches_its_results():
+    assert report.main(["--check"]) == 0, "a table differs from bench/results: run `python bench/report.py`"
+
+
+def test_each_document_holds_generated_tables_and_every_block_is_registered():
+    for doc in report.DOCUMENTS:
+        names = report.blocks(doc.read_text(encoding="utf-8"))
+        assert names, f"{doc.name} has no generated table"
+        assert set(names) <= set(report.TABLES)
+
+
+def test_a_changed_figure_is_caught():
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    name = report.blocks(text)[0]
+    body = report.render(name)
+    tampered = text.replace(body, body.replace("|", "| 99.9 ms", 1), 1)
+    assert report.regenerate(tampered)[1] == [name]
+
+
+@pytest.mark.parametrize("doc", report.DOCUMENTS, ids=lambda p: p.name)
+def test_no_measured_figure_outside_the_generated_tables(doc):
+    text = CODE.sub("", report._BLOCK.sub("", doc.read_text(encoding="utf-8")))
+    stray = MEASURED.findall(text)
+    assert not stray, f"{doc.name}: figures outside a generated table (move them into a bench results table): {stray}"
