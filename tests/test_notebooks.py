@@ -193,8 +193,8 @@ def test_nbval_checked_cells_of_committed_notebooks():
     proc = _nbval([nbval_copy(p) for p in marked])
     assert proc.returncode == 0, (
         f"nbval-lax failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}\nIf the change is intended (e.g. a "
-        "new KitConfig field), refresh the kept outputs from an executed copy: python -m magistral_kit.notebook.nbclean "
-        "--keep-from tmp/executed/00_model.ipynb notebooks/00_model.ipynb")
+        "new KitConfig field), refresh the kept outputs: python -m magistral_kit.notebook.nbclean --execute "
+        "notebooks/00_model.ipynb")
     assert " passed" in proc.stdout and "failed" not in proc.stdout
 
 

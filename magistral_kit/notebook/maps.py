@@ -223,7 +223,11 @@ class MemoryMap:
         if len(path.parts) == 1:
             path = tmp_dir() / "maps" / path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.figure.write_html(str(path), include_plotlyjs=True, full_html=True)
+        # fill the browser window (and follow its resizing) rather than a fixed plot on a blank page
+        figure = type(self.figure)(self.figure)
+        figure.update_layout(width=None, height=None, autosize=True)
+        figure.write_html(str(path), include_plotlyjs=True, full_html=True, config={"responsive": True},
+                          default_width="100%", default_height="96vh")
         return path
 
     def summary(self) -> dict[str, Any]:
@@ -292,7 +296,9 @@ def memory_map(memory: Any = None, *, query: str | None = None, top_k: int = 5,
     fig.update_layout(
         title=title or f"{len(table)} memories — {used.upper()} of their embeddings, coloured by {color_by}"
         + (f"; ★ = query, lines to its top-{len(hits)}" if query else ""),
-        template="plotly_white", width=900, height=620, legend_title_text=color_by,
+        template="plotly_white", height=620, legend_title_text=color_by,
+        # dark text on a light box: the hover is readable whatever the point's colour
+        hoverlabel=dict(bgcolor="white", bordercolor="#888", font=dict(color="#222", size=13), align="left"),
         xaxis=dict(showticklabels=False, title=""), yaxis=dict(showticklabels=False, title=""))
     out_cols = [c for c in ("id", "text", "session", "kind", "source", "created", "x", "y") if c in table]
     return MemoryMap(fig, table[out_cols], used, time.perf_counter() - start, query, hits, query_xy)
@@ -322,7 +328,7 @@ def _wrap(text: str, width: int = 60, max_lines: int = 8) -> str:
 def _hover(row: Any) -> str:
     src = ", ".join(row.source) if row.source else "added by hand"
     created = str(getattr(row, "created", ""))[:19]
-    return (f"{_wrap(str(row.text))}<br><span style='color:#888'>{html.escape(str(row.id))} · "
+    return (f"{_wrap(str(row.text))}<br><span style='color:#555'>{html.escape(str(row.id))} · "
             f"{html.escape(str(row.kind))} · from {html.escape(src)} · {html.escape(created)}</span>")
 
 

@@ -17,29 +17,44 @@ import html
 from typing import Any, Sequence
 
 MEMORY_ROWS = 8
+CONVERSATION_HEIGHT_PX = 420
+# JupyterLab's own class for rendered HTML: tables inside the widget get the notebook's table styling and
+# both themes' colours (a bare ipywidgets.HTML has neither).
+_JP = "jp-RenderedHTMLCommon"
+# Theme variables with light fallbacks, so bubbles read well in light and dark JupyterLab and in a static
+# HTML export alike.
+_USER_BG = "var(--jp-brand-color3, #e8f0fe)"
+_BOT_BG = "var(--jp-layout-color2, #f1f3f4)"
+_LIVE_BG = "var(--jp-warn-color3, #fff8e1)"
+_MUTED = "var(--jp-ui-font-color2, #666)"
 
 
 # --- plain HTML (no widgets) --------------------------------------------------------------------------
-def conversation_html(turns: Sequence[Any], live: str | None = None) -> str:
-    """The conversation so far as chat bubbles (answers only; reasoning stays in the diagnostics)."""
+def conversation_html(turns: Sequence[Any], live: str | None = None,
+                      height_px: int = CONVERSATION_HEIGHT_PX) -> str:
+    """The conversation so far as chat bubbles (answers only; reasoning stays in the diagnostics).
+
+    The scroll box is a reversed flex column, so the browser keeps it scrolled to the newest message
+    (ipywidgets.HTML runs no script that could scroll it)."""
     parts = []
     for t in turns:
-        parts.append(_bubble("you", t.user, "#e8f0fe", "right"))
+        parts.append(_bubble("you", t.user, _USER_BG, "right"))
         answer = t.answer or ("(no answer: the reasoning did not finish)" if t.reply else "")
         note = f" · {len(t.retrieved)} memories used" if t.retrieved else ""
-        parts.append(_bubble(f"assistant{note}", answer, "#f1f3f4", "left"))
+        parts.append(_bubble(f"assistant{note}", answer, _BOT_BG, "left"))
     if live is not None:
-        parts.append(_bubble("assistant (writing…)", live, "#fff8e1", "left"))
+        parts.append(_bubble("assistant (writing…)", live or "…", _LIVE_BG, "left"))
     if not parts:
-        return "<div style='color:#888'><i>no messages yet: type one below</i></div>"
-    return "<div style='max-height:420px;overflow-y:auto'>" + "".join(parts) + "</div>"
+        return f"<div class='mk-conversation' style='color:{_MUTED}'><i>no messages yet: type one below</i></div>"
+    return (f"<div class='mk-conversation' style='display:flex;flex-direction:column-reverse;"
+            f"max-height:{height_px}px;overflow-y:auto;padding-right:4px'><div>" + "".join(parts) + "</div></div>")
 
 
 def _bubble(who: str, text: str, colour: str, side: str) -> str:
-    return (f"<div style='text-align:{side};margin:4px 0'><div style='display:inline-block;max-width:80%;"
-            f"text-align:left;background:{colour};border-radius:8px;padding:4px 8px'>"
-            f"<div style='font-size:80%;color:#666'>{html.escape(who)}</div>"
-            f"<div style='white-space:pre-wrap'>{html.escape(text)}</div></div></div>")
+    return (f"<div class='mk-message' style='text-align:{side};margin:4px 0'><div style='display:inline-block;"
+            f"max-width:80%;text-align:left;background:{colour};color:var(--jp-content-font-color1, #111);"
+            f"border-radius:8px;padding:4px 8px'><div style='font-size:80%;color:{_MUTED}'>{html.escape(who)}"
+            f"</div><div style='white-space:pre-wrap'>{html.escape(text)}</div></div></div>")
 
 
 def memory_list_html(memory: Any, newest: int = MEMORY_ROWS) -> str:
@@ -49,15 +64,21 @@ def memory_list_html(memory: Any, newest: int = MEMORY_ROWS) -> str:
     from magistral_kit.notebook.inspector import memory_table
 
     table = memory_table(memory, newest=newest)
-    rows = "".join(f"<tr><td style='text-align:left'>{html.escape(str(r.text))}</td><td>{html.escape(str(r.kind))}"
-                   f"</td><td>{html.escape(str(r.source))}</td></tr>" for r in table.itertuples())
-    return (f"<div><b>memories</b>: {len(memory)} in the cube (newest {min(newest, len(memory))} shown)"
-            f"<table><tr><th>memory</th><th>kind</th><th>from turn</th></tr>{rows}</table></div>")
+    rows = "".join(f"<tr><td style='text-align:left'>{html.escape(str(r.text))}</td>"
+                   f"<td style='text-align:left'>{html.escape(str(r.kind))}</td>"
+                   f"<td style='text-align:left'>{html.escape(str(r.source))}</td></tr>"
+                   for r in table.itertuples())
+    return (f"<div class='{_JP} mk-memories'><div><b>memories</b>: {len(memory)} in the cube (newest "
+            f"{min(newest, len(memory))} shown)</div><table><thead><tr><th style='text-align:left'>memory</th>"
+            f"<th style='text-align:left'>kind</th><th style='text-align:left'>from turn</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table></div>")
 
 
 def diagnostics_html(turns: Sequence[Any]) -> str:
     """The latest turn's diagnostics (retrieved memories, prompt, timings…), or a hint before the first."""
-    return turns[-1].to_html() if turns else "<div style='color:#888'><i>diagnostics of the latest turn appear here</i></div>"
+    if not turns:
+        return f"<div style='color:{_MUTED}'><i>diagnostics of the latest turn appear here</i></div>"
+    return f"<div class='{_JP} mk-diagnostics'>{turns[-1].to_html()}</div>"
 
 
 # --- the panel ----------------------------------------------------------------------------------------
@@ -96,7 +117,8 @@ class ChatPanel:
 
     def to_html(self) -> str:
         """The whole panel as static HTML (what a headless run or a non-widget frontend shows)."""
-        return ("<div style='border:1px solid #ccc;padding:6px'>" + conversation_html(self.turns)
+        return (f"<div class='{_JP}' style='border:1px solid var(--jp-border-color1, #ccc);padding:6px'>"
+                + conversation_html(self.turns)
                 + "<hr>" + diagnostics_html(self.turns) + "<hr>"
                 + memory_list_html(self.chat.memory, self.memory_rows) + "</div>")
 
@@ -112,8 +134,10 @@ class ChatPanel:
 
         w: dict[str, Any] = {
             "conversation": W.HTML(conversation_html(self.turns)),
-            "input": W.Text(placeholder="Type a message and press Enter or Send", continuous_update=False,
-                            layout=W.Layout(width="70%")),
+            # continuous_update: the box's text reaches the kernel as it is typed, so the Enter (submit)
+            # message that follows finds the current text, not the previous one
+            "input": W.Text(placeholder="Type a message and press Enter or Send", continuous_update=True,
+                            layout=W.Layout(flex="1 1 auto", width="auto")),
             "button": W.Button(description="Send", button_style="primary", icon="paper-plane"),
             "status": W.HTML(""),
             "diagnostics": W.HTML(diagnostics_html(self.turns)),
@@ -129,7 +153,9 @@ class ChatPanel:
         details = W.Accordion(children=[w["diagnostics"], w["memories"]],
                               titles=("latest turn: diagnostics", "memories"))
         details.selected_index = 0
-        w["root"] = W.VBox([w["conversation"], W.HBox([w["input"], w["button"]]), w["status"], details])
+        w["root"] = W.VBox([w["conversation"], W.HBox([w["input"], w["button"]]), w["status"], details],
+                           layout=W.Layout(max_width="960px"))
+        w["root"].add_class("mk-chat-panel")
         return w
 
     def _submit(self) -> None:
@@ -138,17 +164,19 @@ class ChatPanel:
         w = self._w
         text = (w["input"].value or "").strip()
         if not text:
-            w["status"].value = "<span style='color:#888'>type a message first</span>"
+            w["status"].value = f"<span style='color:{_MUTED}'>type a message first</span>"
             return
         w["input"].value = ""
         w["button"].disabled = w["input"].disabled = True
-        w["status"].value = "<span style='color:#666'>thinking… (retrieve → generate → extract → store)</span>"
+        w["status"].value = (f"<span style='color:{_MUTED}'>thinking… (retrieve → generate → extract → store)"
+                             "</span>")
         try:
             self.send(text)
             w["status"].value = ""
         except Exception as exc:  # noqa: BLE001 - show it in the panel, the callback has nowhere else
             self.error = f"{type(exc).__name__}: {exc}"
-            w["status"].value = f"<span style='color:#b00'>⚠ {html.escape(self.error)}</span>"
+            w["status"].value = (f"<span style='color:var(--jp-error-color1, #b00)'>⚠ "
+                                 f"{html.escape(self.error)}</span>")
             w["input"].value = text
         finally:
             w["button"].disabled = w["input"].disabled = False
