@@ -25,6 +25,42 @@ def test_empty_panel_pieces_say_what_will_appear():
     assert "memory off" in ui.memory_list_html(None)
 
 
+def test_an_empty_new_cube_is_not_memory_off(tmp_path):
+    """A new cube has 0 memories (falsy length): the chat's summary still shows it as the cube in use."""
+    config = KitConfig(cube_dir=str(tmp_path / "empty"), temperature=0.0, max_new_tokens=8)
+    with open_chat(config, progress=False) as chat:
+        summary = chat._repr_html_()
+    assert "memory off" not in summary and str(tmp_path / "empty") in summary and "0 memories" in summary
+
+
+def test_conversation_keeps_the_newest_message_in_view_and_tables_keep_lab_styling(chat):
+    """The scroll box is a reversed flex column (the browser pins it to the bottom, no script needed);
+    the diagnostics and the memory list carry JupyterLab's rendered-HTML class (its table styling)."""
+    if not chat.turns:
+        chat.send("I keep bees on my roof.")
+    html = ui.conversation_html(chat.turns)
+    assert "flex-direction:column-reverse" in html and "overflow-y:auto" in html
+    assert html.index(chat.turns[-1].user) > html.index(chat.turns[0].user)  # oldest first inside the box
+    assert "jp-RenderedHTMLCommon" in ui.diagnostics_html(chat.turns)
+    assert "jp-RenderedHTMLCommon" in ui.memory_list_html(chat.memory)
+    timings = chat.turns[-1].timings.to_html()
+    assert timings.count("<th") == timings.count("<td") == len(chat.turns[-1].timings.steps) + 1  # name over value
+
+
+def test_enter_in_the_text_box_sends_the_current_text(chat):
+    """Enter = the frontend's 'submit' message. The box updates the kernel's value as it is typed
+    (continuous_update), so by the time 'submit' arrives the value is the text in the box."""
+    panel = ui.chat_panel(chat)
+    panel.widget()
+    box = panel._w["input"]
+    assert box.continuous_update is True
+    turns = len(chat.turns)
+    box.value = "My neighbour's dog is called Pixel."
+    box._handle_string_msg(None, {"event": "submit"}, None)  # what pressing Enter sends
+    assert len(chat.turns) == turns + 1 and chat.turns[-1].user == "My neighbour's dog is called Pixel."
+    assert box.value == "" and "Pixel" in panel._w["conversation"].value
+
+
 def test_panel_builds_headless_and_sends_refresh_conversation_diagnostics_and_memories(chat):
     panel = ui.chat_panel(chat, memory_rows=3)
     root = panel.widget()

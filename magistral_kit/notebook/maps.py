@@ -327,7 +327,9 @@ def _wrap(text: str, width: int = 60, max_lines: int = 8) -> str:
 
 def _hover(row: Any) -> str:
     src = ", ".join(row.source) if row.source else "added by hand"
-    created = str(getattr(row, "created", ""))[:19]
+    from magistral_kit.notebook.tables import readable_time
+
+    created = readable_time(getattr(row, "created", ""))
     return (f"{_wrap(str(row.text))}<br><span style='color:#555'>{html.escape(str(row.id))} · "
             f"{html.escape(str(row.kind))} · from {html.escape(src)} · {html.escape(created)}</span>")
 
