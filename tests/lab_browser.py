@@ -143,16 +143,26 @@ def open_notebook(page: Any, lab: Lab, notebook: str, timeout_ms: int = 120_000)
 
 
 def wait_kernel_idle(page: Any, timeout_ms: int = 120_000) -> None:
+    """Wait until the status bar says the notebook's kernel is connected and idle."""
     page.wait_for_function(
         """() => { const s = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) '
                      + '.jp-Notebook-ExecutionIndicator');
-                   return s && s.getAttribute('data-status') === 'idle'; }""", timeout=timeout_ms)
+                   const bar = document.querySelector('#jp-main-statusbar');
+                   return s && s.getAttribute('data-status') === 'idle' && bar
+                          && /\| Idle/.test(bar.innerText); }""", timeout=timeout_ms, polling=250)
 
 
 def run_all(page: Any) -> None:
-    """Run > Run All Cells, through the menu as a person would."""
+    """Run > Run All Cells, through the menu as a person would. Should JupyterLab still ask which kernel
+    to use (a kernel that was connecting), the notebook's own (the first choice) is accepted."""
     page.click("li.lm-MenuBar-item:has-text('Run')")
-    page.click("li.lm-Menu-item[data-command='notebook:run-all-cells']")
+    page.click("li.lm-Menu-item[data-command='runmenu:run-all']")
+    dialog = page.locator(".jp-Dialog")
+    try:
+        dialog.wait_for(timeout=2000)
+    except Exception:  # playwright's TimeoutError: no dialog, the cells are running
+        return
+    dialog.locator(".jp-mod-accept").click()
 
 
 def wait_all_ran(page: Any, timeout_ms: int) -> None:

@@ -37,11 +37,12 @@ MESSAGE = "My brother Tomás flies seaplanes from Faro every summer."
 def _prepare(work: Path) -> None:
     """Copies of notebooks 01 and 02 with the test's parameters injected (as papermill would)."""
     import nbformat
+    from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
     work.mkdir(parents=True)
     for name, params in PARAMETERS.items():
-        nb = nbformat.read(REPO_ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+        nb = load_notebook_node(str(REPO_ROOT / "notebooks" / f"{name}.ipynb"))
         nb = parameterize_notebook(nb, params, kernel_name="python3", language="python")
         nbformat.write(nb, work / f"{name}.ipynb")
 
