@@ -13,11 +13,13 @@ panel still sends and renders as static HTML.
 """
 from __future__ import annotations
 
+import asyncio
 import html
 from typing import Any, Sequence
 
 MEMORY_ROWS = 8
 CONVERSATION_HEIGHT_PX = 420
+SUBMIT_SETTLE_S = 0.4  # Enter/Send waits this long for the box's last keystrokes (see _request_submit)
 # JupyterLab's own class for rendered HTML: tables inside the widget get the notebook's table styling and
 # both themes' colours (a bare ipywidgets.HTML has neither).
 _JP = "jp-RenderedHTMLCommon"
@@ -92,6 +94,7 @@ class ChatPanel:
         self.error: str | None = None
         self._live: str | None = None
         self._w: dict[str, Any] | None = None
+        self._pending: Any = None  # a scheduled send (asyncio.TimerHandle), see _request_submit
 
     # --- logic (headless) ---------------------------------------------------------------------------
     @property
@@ -134,8 +137,8 @@ class ChatPanel:
 
         w: dict[str, Any] = {
             "conversation": W.HTML(conversation_html(self.turns)),
-            # continuous_update: the box's text reaches the kernel as it is typed, so the Enter (submit)
-            # message that follows finds the current text, not the previous one
+            # continuous_update: the box's text reaches the kernel as it is typed (with continuous_update=False
+            # it is sent only after the Enter event, which then finds the previous text); see _request_submit
             "input": W.Text(placeholder="Type a message and press Enter or Send", continuous_update=True,
                             layout=W.Layout(flex="1 1 auto", width="auto")),
             "button": W.Button(description="Send", button_style="primary", icon="paper-plane"),
@@ -143,13 +146,13 @@ class ChatPanel:
             "diagnostics": W.HTML(diagnostics_html(self.turns)),
             "memories": W.HTML(memory_list_html(self.chat.memory, self.memory_rows)),
         }
-        w["button"].on_click(lambda _b: self._submit())
+        w["button"].on_click(lambda _b: self._request_submit())
         if hasattr(w["input"], "on_submit"):  # Enter in the box (deprecated in ipywidgets 8, still there)
             import warnings
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                w["input"].on_submit(lambda _t: self._submit())
+                w["input"].on_submit(lambda _t: self._request_submit())
         details = W.Accordion(children=[w["diagnostics"], w["memories"]],
                               titles=("latest turn: diagnostics", "memories"))
         details.selected_index = 0
@@ -157,6 +160,25 @@ class ChatPanel:
                            layout=W.Layout(max_width="960px"))
         w["root"].add_class("mk-chat-panel")
         return w
+
+    def _request_submit(self) -> None:
+        """Enter or Send: send the box's text once the text has reached the kernel.
+
+        Why the wait: the frontend holds back widget state while earlier updates are unanswered (ipywidgets'
+        message throttling) but sends the Enter/click event at once, so the event can arrive before the
+        last keystrokes. In a kernel the send is scheduled `SUBMIT_SETTLE_S` later on its event loop, which
+        meanwhile applies the held-back text; without a running loop (tests, scripts) it sends at once."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._submit()
+            return
+        if self._pending is None:
+            self._pending = loop.call_later(SUBMIT_SETTLE_S, self._run_pending)
+
+    def _run_pending(self) -> None:
+        self._pending = None
+        self._submit()
 
     def _submit(self) -> None:
         """The Send button: take the input box's text, send it, report errors in the panel (not lost in a
