@@ -69,7 +69,8 @@ class Timings:
         # one header row and one value row, both right-aligned: each name sits over its number
         right = "style='text-align:right'"
         heads = "".join(f"<th {right}>{html.escape(k)}</th>" for k in self.steps) + f"<th {right}>total</th>"
-        values = "".join(f"<td {right}>{v * 1000:.0f} ms</td>" for v in self.steps.values())
+        values = "".join(f"<td {right}>{v * 1000:.0f} ms</td>" if v < 1 else f"<td {right}>{v:.1f} s</td>"
+                         for v in self.steps.values())
         return (f"<table class='mk-timings'><thead><tr>{heads}</tr></thead><tbody><tr>{values}"
                 f"<td {right}><b>{self.total:.2f} s</b></td></tr></tbody></table>")
 

@@ -165,8 +165,21 @@ def run_all(page: Any) -> None:
     dialog.locator(".jp-mod-accept").click()
 
 
-def wait_all_ran(page: Any, timeout_ms: int) -> None:
-    """Wait until every code cell has run (a number in its prompt) and the kernel is idle."""
+def wait_all_ran(page: Any, timeout_ms: int, shot: Path | None = None) -> None:
+    """Wait until every code cell has run (a number in its prompt) and the kernel is idle. On a time-out
+    the error says which prompts were still empty or running (and `shot` gets a screenshot)."""
+    try:
+        _wait_all_ran(page, timeout_ms)
+    except Exception as exc:
+        if shot is not None:
+            page.screenshot(path=str(shot))
+        prompts = page.eval_on_selector_all(f"{NOTEBOOK} .jp-CodeCell .jp-InputArea-prompt",
+                                            "els => els.map(e => e.textContent)")
+        raise TimeoutError(f"not every cell ran in {timeout_ms / 1000:.0f} s; prompts: {prompts}; "
+                           f"screenshot: {shot}") from exc
+
+
+def _wait_all_ran(page: Any, timeout_ms: int) -> None:
     page.wait_for_function(
         """() => { const nb = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
                    const prompts = [...nb.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];

@@ -68,9 +68,10 @@ def page():
 def _panel_state(page) -> dict:
     return page.eval_on_selector(f"{NOTEBOOK} .mk-chat-panel", """p => {
         const msgs = [...p.querySelectorAll('.mk-message')];
-        const m = (p.querySelector('.mk-memories') || {}).innerText || '';
+        // textContent: the memory list sits in a collapsed accordion section (innerText would be empty)
+        const m = (p.querySelector('.mk-memories') || {}).textContent || '';
         return {messages: msgs.length, last: msgs.length ? msgs[msgs.length - 1].innerText : '',
-                diagnostics: (p.querySelector('.mk-diagnostics') || {}).innerText || '',
+                diagnostics: (p.querySelector('.mk-diagnostics') || {}).textContent || '',
                 memories: m, count: parseInt((m.match(/(\\d+) in the cube/) || [0, -1])[1])};
     }""")
 
@@ -78,7 +79,7 @@ def _panel_state(page) -> dict:
 def test_chat_notebook_runs_in_lab_and_enter_sends_from_the_panel(page):
     open_notebook(page, page.lab, "01_memory_chat.ipynb")
     run_all(page)
-    wait_all_ran(page, RUN_TIMEOUT_MS)
+    wait_all_ran(page, RUN_TIMEOUT_MS, shot=SHOTS / "01-timeout.png")
     page.screenshot(path=str(SHOTS / "01-after-run-all.png"))
     assert bad_outputs(page) == [], f"error/stderr output areas in notebook 01: {bad_outputs(page)}"
     assert page.locator(f"{NOTEBOOK} .mk-results").count() == 1  # the results cell rendered its table
@@ -123,7 +124,7 @@ def test_inspector_notebook_map_renders_and_hover_shows_a_memory(page):
     open_notebook(page, page.lab, "02_memory_inspector.ipynb")
     assert page.eval_on_selector("body", "b => b.dataset.jpThemeLight") == "false"
     run_all(page)
-    wait_all_ran(page, RUN_TIMEOUT_MS)
+    wait_all_ran(page, RUN_TIMEOUT_MS, shot=SHOTS / "02-timeout.png")
     page.screenshot(path=str(SHOTS / "02-after-run-all-dark.png"))
     assert bad_outputs(page) == [], f"error/stderr output areas in notebook 02: {bad_outputs(page)}"
     plot = page.locator(f"{NOTEBOOK} .js-plotly-plot").first

@@ -48,8 +48,10 @@ def conversation_html(turns: Sequence[Any], live: str | None = None,
         parts.append(_bubble("assistant (writing…)", live or "…", _LIVE_BG, "left"))
     if not parts:
         return f"<div class='mk-conversation' style='color:{_MUTED}'><i>no messages yet: type one below</i></div>"
+    # line-height: ipywidgets.HTML sets a widget-row line height (28 px) that would double-space the text
     return (f"<div class='mk-conversation' style='display:flex;flex-direction:column-reverse;"
-            f"max-height:{height_px}px;overflow-y:auto;padding-right:4px'><div>" + "".join(parts) + "</div></div>")
+            f"max-height:{height_px}px;overflow-y:auto;padding-right:4px;line-height:1.45'><div>"
+            + "".join(parts) + "</div></div>")
 
 
 def _bubble(who: str, text: str, colour: str, side: str) -> str:
