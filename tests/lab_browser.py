@@ -2,7 +2,8 @@
 server, open a notebook, run all cells, take screenshots. Used by tests/test_browser.py, and runnable to
 look at the notebooks as a researcher sees them:
 
-    python tests/lab_browser.py --theme dark tmp/executed/01_memory_chat.ipynb   # screenshots in tmp/browser/
+    python tests/lab_browser.py --run notebooks/02_memory_inspector.ipynb          # run, screenshots in tmp/browser/
+    python tests/lab_browser.py --theme dark tmp/browser/02_memory_inspector.executed.ipynb   # the same run, dark
 
 Why its own server: a fresh token, a free port on 127.0.0.1, a throw-away settings folder (theme, no news
 pop-up) and a working folder of notebook copies, so a researcher's running lab and cubes are never touched.
@@ -58,7 +59,19 @@ class Lab:
         self.root, self.port, self.token, self.proc, self.log = root, port, token, proc, log
 
     def url(self, notebook: str) -> str:
-        return f"http://127.0.0.1:{self.port}/lab/tree/{notebook}?token={self.token}"
+        """The notebook in a fresh workspace (``reset``: no tabs restored from an earlier page)."""
+        return f"http://127.0.0.1:{self.port}/lab/tree/{notebook}?token={self.token}&reset"
+
+    def shutdown_kernels(self) -> int:
+        """End every session's kernel (a notebook run earlier keeps its model and CPU otherwise)."""
+        base = f"http://127.0.0.1:{self.port}/api/sessions"
+        headers = {"Authorization": f"token {self.token}"}
+        with urllib.request.urlopen(urllib.request.Request(base, headers=headers), timeout=10) as r:
+            sessions = json.loads(r.read())
+        for s in sessions:
+            req = urllib.request.Request(f"{base}/{s['id']}", headers=headers, method="DELETE")
+            urllib.request.urlopen(req, timeout=30).close()
+        return len(sessions)
 
 
 def write_settings(settings_dir: Path, theme: str) -> None:
@@ -136,7 +149,9 @@ NOTEBOOK = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 
 
 def open_notebook(page: Any, lab: Lab, notebook: str, timeout_ms: int = 120_000) -> None:
-    """Open a notebook and wait until its kernel is idle."""
+    """Open a notebook (alone, in a fresh workspace, other kernels shut down) and wait until its kernel is
+    connected and idle."""
+    lab.shutdown_kernels()
     page.goto(lab.url(notebook), wait_until="domcontentloaded", timeout=timeout_ms)
     page.wait_for_selector(f"{NOTEBOOK} .jp-Cell", timeout=timeout_ms)
     wait_kernel_idle(page, timeout_ms)
@@ -234,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
             open_notebook(page, lab, nb.name)
             if args.run:
                 run_all(page)
-                wait_all_ran(page, args.timeout * 1000)
+                wait_all_ran(page, args.timeout * 1000, shot=args.out / f"{nb.stem}-{args.theme}-timeout.png")
+                page.keyboard.press("Control+s")  # keep the run: --theme other, without --run, shows it
+                page.wait_for_timeout(1500)
+                shutil.copy(work / nb.name, args.out / f"{nb.stem}.executed.ipynb")
             shots = screenshot_tour(page, args.out, f"{nb.stem}-{args.theme}")
             print(f"{nb.name}: {len(shots)} screenshots, bad outputs: {bad_outputs(page)}")
     return 0

@@ -85,7 +85,8 @@ def test_heatmap_of_the_newest_memories(memory):
     np.testing.assert_allclose(np.diag(z), 1.0, atol=1e-5)
     np.testing.assert_allclose(z, z.T, atol=1e-6)
     newest = inspector.memory_table(memory, newest=6)["text"].tolist()[::-1]  # oldest first, like the map
-    assert [label.split(". ", 1)[1].rstrip("…") for label in fig.data[0].x] == [t[:32] for t in newest]
+    assert [label.split(". ", 1)[1].rstrip("…") for label in fig.data[0].y] == [t[:32] for t in newest]
+    assert list(fig.data[0].x) == [str(n) for n in range(1, 7)]  # columns: the rows' numbers
     sims = viz.similarity_matrix(memory, newest_n=6, progress=False)
     assert list(sims.index) == inspector.memory_table(memory, newest=6)["id"].tolist()[::-1]
 

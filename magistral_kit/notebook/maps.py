@@ -376,9 +376,13 @@ def similarity_heatmap(memory: Any = None, newest: int = 20, *, points: MemoryPo
     labels = [f"{i + 1}. {t[:label_chars]}{'…' if len(t) > label_chars else ''}" for i, t in enumerate(texts)]
     hover = [[f"{html.escape(texts[r][:90])}<br>× {html.escape(texts[c][:90])}<br>cosine {sims[r, c]:.3f}"
               for c in range(len(texts))] for r in range(len(texts))]
-    fig = go.Figure(go.Heatmap(z=sims, x=labels, y=labels, zmin=-0.2, zmax=1.0, colorscale="Viridis",
+    # rows carry the text, columns only the row's number: rotated text under the columns takes more room
+    # than the map and reads badly; the hover names both memories
+    numbers = [str(i + 1) for i in range(len(texts))]
+    fig = go.Figure(go.Heatmap(z=sims, x=numbers, y=labels, zmin=-0.2, zmax=1.0, colorscale="Viridis",
                                hovertext=hover, hoverinfo="text", colorbar=dict(title="cosine")))
-    size = max(420, 26 * len(texts) + 260)
+    size = max(360, 26 * len(texts) + 140)
     fig.update_layout(title=f"cosine similarity of the newest {len(texts)} memories", template="plotly_white",
-                      width=size + 120, height=size, yaxis=dict(autorange="reversed"))
+                      width=size + 260, height=size, yaxis=dict(autorange="reversed"),
+                      xaxis=dict(side="top", tickangle=0), margin=dict(t=90))
     return fig
