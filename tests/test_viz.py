@@ -140,7 +140,7 @@ def test_build_demo_cube_resets_and_edits_show_before_and_after(tmp_path):
     mem = demo.build_demo_cube(cube, n=9, progress=False)
     assert len(mem) == 9
     mem = demo.build_demo_cube(cube, n=6, progress=False)  # reset: starts empty again
-    assert len(mem) == 6 and set(inspector.kind_counts(mem).index) == {"manual"}
+    assert len(mem) == 6 and set(inspector.kind_counts(mem)["kind"]) == {"manual"}
     target = inspector.find_id(mem, "balcony")
     edit = inspector.update_and_show(mem, target, "Lena grows chili peppers on her balcony.", query="chili peppers")
     assert edit.before["text"].startswith("Lena's flat") and edit.after["text"].startswith("Lena grows chili")
@@ -213,8 +213,9 @@ def test_tables_show_whole_left_aligned_text_short_ids_and_one_line_times(memory
 
 def test_kind_counts_is_a_small_table_and_scores_are_rounded(memory):
     counts = inspector.kind_counts(memory)
-    assert list(counts.columns) == ["memories"] and counts.index.name == "kind"
-    assert counts.loc["manual", "memories"] == len(memory)
+    assert list(counts.columns) == ["kind", "memories"]
+    assert counts.set_index("kind").loc["manual", "memories"] == len(memory)
+    assert "(no rows)" in inspector.memory_table(None)._repr_html_()
     hits = inspector.search_table(memory, "Who plays the cello?", 3)
     score = hits["score"].iat[0]
     assert f"{score:.3f}" in hits._repr_html_() and str(score) != f"{score:.3f}"

@@ -38,11 +38,12 @@ def memory_table(memory: Any, newest: int | None = None) -> Table:
 
 
 def kind_counts(memory: Any) -> Table:
-    """How many memories of each kind (a small table indexed by kind): how often extraction fell back to
+    """How many memories of each kind (a small table: kind, memories): how often extraction fell back to
     raw."""
     items = memory.items()
     counts = items["kind"].value_counts() if len(items) else pd.Series(dtype=int)
-    return Table({"memories": counts.astype(int)}).rename_axis("kind")
+    return Table({"kind": [str(k) for k in counts.index], "memories": [int(v) for v in counts.values]},
+                 columns=["kind", "memories"])
 
 
 def search_table(memory: Any, query: str, top_k: int = 5) -> Table:
@@ -74,20 +75,26 @@ class Edit:
         return _rank(self.hits_after, self.id)
 
     def to_html(self) -> str:
+        left = "style='text-align:left;vertical-align:top'"
+        muted = "color:var(--jp-ui-font-color2, #666)"
+
+        def when(stamp: Any) -> str:
+            return f"<span style='white-space:nowrap'>{html.escape(readable_time(stamp))}</span>"
+
         def show(rec: dict | None) -> str:
             if rec is None:
                 return "<i>(gone)</i>"
-            return (f"{html.escape(rec['text'])}<br><span style='color:#666'>{rec['kind']}; from "
-                    f"{html.escape(', '.join(rec['source']))}; created {readable_time(rec['created'])}; updated "
-                    f"{readable_time(rec.get('updated', ''))}</span>")
+            return (f"{html.escape(rec['text'])}<br><span style='{muted}'>{html.escape(str(rec['kind']))}; from "
+                    f"{html.escape(', '.join(rec['source']))}; created {when(rec['created'])}; updated "
+                    f"{when(rec.get('updated', ''))}</span>")
 
         rank = lambda r: "not in top-k" if r is None else f"rank {r}"  # noqa: E731
         return (f"<div><b>{self.action}</b> <code>{html.escape(self.id)}</code><table>"
-                f"<tr><th></th><th style='text-align:left'>before</th><th style='text-align:left'>after</th></tr>"
-                f"<tr><th>memory</th><td style='text-align:left'>{show(self.before)}</td>"
-                f"<td style='text-align:left'>{show(self.after)}</td></tr>"
-                f"<tr><th>search <code>{html.escape(self.query)}</code></th><td>{rank(self.rank_before)}</td>"
-                f"<td>{rank(self.rank_after)}</td></tr></table>"
+                f"<tr><th></th><th {left}>before</th><th {left}>after</th></tr>"
+                f"<tr><th {left}>memory</th><td {left}>{show(self.before)}</td><td {left}>{show(self.after)}</td></tr>"
+                f"<tr><th {left}>rank when searching<br><span style='font-weight:normal;{muted}'>"
+                f"“{html.escape(self.query)}”</span></th><td {left}>{rank(self.rank_before)}</td>"
+                f"<td {left}>{rank(self.rank_after)}</td></tr></table>"
                 f"<details><summary>hits before / after</summary>{readable_html(self.hits_before)}"
                 f"{readable_html(self.hits_after)}</details></div>")
 

@@ -296,7 +296,7 @@ def memory_map(memory: Any = None, *, query: str | None = None, top_k: int = 5,
     fig.update_layout(
         title=title or f"{len(table)} memories — {used.upper()} of their embeddings, coloured by {color_by}"
         + (f"; ★ = query, lines to its top-{len(hits)}" if query else ""),
-        template="plotly_white", height=620, legend_title_text=color_by,
+        template="plotly_white", height=620, legend_title_text=color_by, margin=dict(l=20, r=20, t=60, b=20),
         # dark text on a light box: the hover is readable whatever the point's colour
         hoverlabel=dict(bgcolor="white", bordercolor="#888", font=dict(color="#222", size=13), align="left"),
         xaxis=dict(showticklabels=False, title=""), yaxis=dict(showticklabels=False, title=""))

@@ -21,6 +21,7 @@ FLOAT_DIGITS = 3
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # UTC, as the cube stores it
 _ID_COLUMNS = ("id",)
 _TIME_COLUMNS = ("created", "updated", "time", "timestamp")
+PROSE_COLUMNS = ("text", "user", "answer", "memory", "question")  # wrapped; every other text column is not
 
 
 class Table(pd.DataFrame):
@@ -52,11 +53,11 @@ def readable_html(df: pd.DataFrame) -> str:
                and not pd.api.types.is_bool_dtype(shown[c])]
     styler = shown.style.format(precision=FLOAT_DIGITS, escape="html", na_rep="")
     text_cols = [c for c in shown.columns if c not in numeric]
-    if text_cols:
-        styler = styler.set_properties(subset=text_cols, **{"text-align": "left", "white-space": "pre-wrap"})
-    times = [c for c in shown.columns if str(c) in _TIME_COLUMNS + _ID_COLUMNS]
-    if times:
-        styler = styler.set_properties(subset=times, **{"white-space": "nowrap"})
+    if text_cols:  # short labels (kind, source, session, times, ids) on one line; sentences wrap
+        styler = styler.set_properties(subset=text_cols, **{"text-align": "left", "white-space": "nowrap"})
+    prose = [c for c in text_cols if str(c) in PROSE_COLUMNS]
+    if prose:
+        styler = styler.set_properties(subset=prose, **{"white-space": "pre-wrap", "min-width": "16em"})
     if numeric:
         styler = styler.set_properties(subset=numeric, **{"text-align": "right"})
     # each header aligned like its values (JupyterLab right-aligns every cell by default)
@@ -65,6 +66,8 @@ def readable_html(df: pd.DataFrame) -> str:
          for n, c in enumerate(shown.columns)] + [{"selector": "th.index_name", "props": "text-align: left;"}])
     if isinstance(df.index, pd.RangeIndex):
         styler = styler.hide(axis="index")
+    if df.empty:
+        return styler.to_html() + "<div style='text-align:left'><i>(no rows)</i></div>"
     return styler.to_html()
 
 
