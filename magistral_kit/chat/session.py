@@ -151,8 +151,8 @@ class Chat:
 
     def _repr_html_(self) -> str:
         return (f"<div><b>Chat</b> session <code>{self.session}</code>, {len(self.turns)} turn(s), model "
-                f"{self.lm.name}, cube <code>{self.memory.path if self.memory else '(memory off)'}</code> with "
-                f"{len(self.memory) if self.memory else 0} memories</div>")
+                f"{self.lm.name}, cube <code>{self.memory.path if self.memory is not None else '(memory off)'}</code> with "
+                f"{len(self.memory) if self.memory is not None else 0} memories</div>")
 
 
 def open_chat(config: KitConfig | None = None, progress: bool = True) -> Chat:

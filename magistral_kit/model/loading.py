@@ -321,9 +321,16 @@ def _convert_gguf(gguf: Path, folder: Path, progress: bool) -> None:
 
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
+    from unittest import mock
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
     with tqdm(total=3, desc=f"converting {gguf.name} (once)", disable=not progress) as bar:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # legacy=True is the default spelled out (no stderr warning in the notebook); one bar (ours), not
+        # also transformers' per-tensor bar
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, legacy=True)
+        with mock.patch.object(gguf_utils, "tqdm", lambda it, **kw: it):
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         bar.update()
         # The GGUF metadata names <|im_start|> as EOS; the chat template ends turns with <|im_end|>.
         tokenizer.eos_token = _IM_END

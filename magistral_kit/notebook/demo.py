@@ -212,7 +212,7 @@ def fact_recall(turn: Any, keyword: str, earlier: Iterable[Any]) -> FactRecall:
 
 def turns_table(turns: Sequence[Any]) -> Any:
     """One row per turn: what was asked, answered, retrieved, stored, and the seconds per step."""
-    import pandas as pd
+    from magistral_kit.notebook.tables import Table
 
     rows = []
     for t in turns:
@@ -222,7 +222,7 @@ def turns_table(turns: Sequence[Any]) -> Any:
                "seconds": round(t.timings.total, 2)}
         row.update({f"{k} s": round(v, 2) for k, v in t.timings.steps.items()})
         rows.append(row)
-    return pd.DataFrame(rows)
+    return Table(rows)
 
 
 def versions() -> Any:
@@ -239,7 +239,9 @@ def versions() -> Any:
             row[dist] = version(dist)
         except PackageNotFoundError:
             row[dist] = "(not installed)"
-    return pd.DataFrame([row], index=["version"])
+    from magistral_kit.notebook.tables import Table
+
+    return Table([row], index=["version"])
 
 
 class Stopwatch:

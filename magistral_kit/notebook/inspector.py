@@ -13,17 +13,20 @@ from typing import Any
 
 import pandas as pd
 
+from magistral_kit.notebook.tables import Table, readable_time, readable_html
+
 TABLE_COLUMNS = ["text", "kind", "source", "session", "created", "updated", "id"]
 
 
-def memory_table(memory: Any, newest: int | None = None) -> pd.DataFrame:
+def memory_table(memory: Any, newest: int | None = None) -> Table:
     """The cube as a table, newest first: text, kind (raw / extracted / manual / ingested), provenance
-    (turn ids), session, created, updated, id. `newest` keeps only that many rows."""
+    (turn ids), session, created, updated, id. `newest` keeps only that many rows. Displays readably
+    (`Table`: whole text left-aligned, short ids, one-line times); the data keep every full value."""
     if memory is None:
-        return pd.DataFrame(columns=TABLE_COLUMNS)
+        return Table(columns=TABLE_COLUMNS)
     items = memory.items()
     if items.empty:
-        return pd.DataFrame(columns=TABLE_COLUMNS)
+        return Table(columns=TABLE_COLUMNS)
     table = items.copy()
     if "session" not in table.columns:
         from magistral_kit.notebook.maps import session_of
@@ -31,21 +34,24 @@ def memory_table(memory: Any, newest: int | None = None) -> pd.DataFrame:
         table["session"] = [session_of(s) for s in table["source"]]
     table["source"] = [", ".join(s) if isinstance(s, (list, tuple)) else str(s) for s in table["source"]]
     table = table[[c for c in TABLE_COLUMNS if c in table.columns]].iloc[::-1].reset_index(drop=True)
-    return table.head(newest) if newest else table
+    return Table(table.head(newest) if newest else table)
 
 
-def kind_counts(memory: Any) -> pd.Series:
-    """How many memories of each kind: a quick check of how often extraction fell back to raw."""
+def kind_counts(memory: Any) -> Table:
+    """How many memories of each kind (a small table: kind, memories): how often extraction fell back to
+    raw."""
     items = memory.items()
-    return items["kind"].value_counts() if len(items) else pd.Series(dtype=int, name="count")
+    counts = items["kind"].value_counts() if len(items) else pd.Series(dtype=int)
+    return Table({"kind": [str(k) for k in counts.index], "memories": [int(v) for v in counts.values]},
+                 columns=["kind", "memories"])
 
 
-def search_table(memory: Any, query: str, top_k: int = 5) -> pd.DataFrame:
+def search_table(memory: Any, query: str, top_k: int = 5) -> Table:
     """`Memory.search` as a table: rank, score, text, kind, provenance, id."""
     hits = memory.search(query, top_k=top_k)
-    return pd.DataFrame([{"rank": n + 1, "score": round(h.score, 4), "text": h.text, "kind": h.kind,
-                          "source": ", ".join(h.source), "id": h.id} for n, h in enumerate(hits)],
-                        columns=["rank", "score", "text", "kind", "source", "id"])
+    return Table([{"rank": n + 1, "score": round(h.score, 4), "text": h.text, "kind": h.kind,
+                   "source": ", ".join(h.source), "id": h.id} for n, h in enumerate(hits)],
+                 columns=["rank", "score", "text", "kind", "source", "id"])
 
 
 @dataclass
@@ -69,22 +75,28 @@ class Edit:
         return _rank(self.hits_after, self.id)
 
     def to_html(self) -> str:
+        left = "style='text-align:left;vertical-align:top'"
+        muted = "color:var(--jp-ui-font-color2, #666)"
+
+        def when(stamp: Any) -> str:
+            return f"<span style='white-space:nowrap'>{html.escape(readable_time(stamp))}</span>"
+
         def show(rec: dict | None) -> str:
             if rec is None:
                 return "<i>(gone)</i>"
-            return (f"{html.escape(rec['text'])}<br><span style='color:#666'>{rec['kind']}; from "
-                    f"{html.escape(', '.join(rec['source']))}; created {rec['created']}; updated "
-                    f"{rec.get('updated', '')}</span>")
+            return (f"{html.escape(rec['text'])}<br><span style='{muted}'>{html.escape(str(rec['kind']))}; from "
+                    f"{html.escape(', '.join(rec['source']))}; created {when(rec['created'])}; updated "
+                    f"{when(rec.get('updated', ''))}</span>")
 
         rank = lambda r: "not in top-k" if r is None else f"rank {r}"  # noqa: E731
         return (f"<div><b>{self.action}</b> <code>{html.escape(self.id)}</code><table>"
-                f"<tr><th></th><th style='text-align:left'>before</th><th style='text-align:left'>after</th></tr>"
-                f"<tr><th>memory</th><td style='text-align:left'>{show(self.before)}</td>"
-                f"<td style='text-align:left'>{show(self.after)}</td></tr>"
-                f"<tr><th>search <code>{html.escape(self.query)}</code></th><td>{rank(self.rank_before)}</td>"
-                f"<td>{rank(self.rank_after)}</td></tr></table>"
-                f"<details><summary>hits before / after</summary>{self.hits_before.to_html(index=False)}"
-                f"{self.hits_after.to_html(index=False)}</details></div>")
+                f"<tr><th></th><th {left}>before</th><th {left}>after</th></tr>"
+                f"<tr><th {left}>memory</th><td {left}>{show(self.before)}</td><td {left}>{show(self.after)}</td></tr>"
+                f"<tr><th {left}>rank when searching<br><span style='font-weight:normal;{muted}'>"
+                f"“{html.escape(self.query)}”</span></th><td {left}>{rank(self.rank_before)}</td>"
+                f"<td {left}>{rank(self.rank_after)}</td></tr></table>"
+                f"<details><summary>hits before / after</summary>{readable_html(self.hits_before)}"
+                f"{readable_html(self.hits_after)}</details></div>")
 
     def _repr_html_(self) -> str:
         return self.to_html()

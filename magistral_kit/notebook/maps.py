@@ -223,7 +223,11 @@ class MemoryMap:
         if len(path.parts) == 1:
             path = tmp_dir() / "maps" / path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.figure.write_html(str(path), include_plotlyjs=True, full_html=True)
+        # fill the browser window (and follow its resizing) rather than a fixed plot on a blank page
+        figure = type(self.figure)(self.figure)
+        figure.update_layout(width=None, height=None, autosize=True)
+        figure.write_html(str(path), include_plotlyjs=True, full_html=True, config={"responsive": True},
+                          default_width="100%", default_height="96vh")
         return path
 
     def summary(self) -> dict[str, Any]:
@@ -292,7 +296,9 @@ def memory_map(memory: Any = None, *, query: str | None = None, top_k: int = 5,
     fig.update_layout(
         title=title or f"{len(table)} memories — {used.upper()} of their embeddings, coloured by {color_by}"
         + (f"; ★ = query, lines to its top-{len(hits)}" if query else ""),
-        template="plotly_white", width=900, height=620, legend_title_text=color_by,
+        template="plotly_white", height=620, legend_title_text=color_by, margin=dict(l=20, r=20, t=60, b=20),
+        # dark text on a light box: the hover is readable whatever the point's colour
+        hoverlabel=dict(bgcolor="white", bordercolor="#888", font=dict(color="#222", size=13), align="left"),
         xaxis=dict(showticklabels=False, title=""), yaxis=dict(showticklabels=False, title=""))
     out_cols = [c for c in ("id", "text", "session", "kind", "source", "created", "x", "y") if c in table]
     return MemoryMap(fig, table[out_cols], used, time.perf_counter() - start, query, hits, query_xy)
@@ -321,8 +327,10 @@ def _wrap(text: str, width: int = 60, max_lines: int = 8) -> str:
 
 def _hover(row: Any) -> str:
     src = ", ".join(row.source) if row.source else "added by hand"
-    created = str(getattr(row, "created", ""))[:19]
-    return (f"{_wrap(str(row.text))}<br><span style='color:#888'>{html.escape(str(row.id))} · "
+    from magistral_kit.notebook.tables import readable_time
+
+    created = readable_time(getattr(row, "created", ""))
+    return (f"{_wrap(str(row.text))}<br><span style='color:#555'>{html.escape(str(row.id))} · "
             f"{html.escape(str(row.kind))} · from {html.escape(src)} · {html.escape(created)}</span>")
 
 
@@ -368,9 +376,13 @@ def similarity_heatmap(memory: Any = None, newest: int = 20, *, points: MemoryPo
     labels = [f"{i + 1}. {t[:label_chars]}{'…' if len(t) > label_chars else ''}" for i, t in enumerate(texts)]
     hover = [[f"{html.escape(texts[r][:90])}<br>× {html.escape(texts[c][:90])}<br>cosine {sims[r, c]:.3f}"
               for c in range(len(texts))] for r in range(len(texts))]
-    fig = go.Figure(go.Heatmap(z=sims, x=labels, y=labels, zmin=-0.2, zmax=1.0, colorscale="Viridis",
+    # rows carry the text, columns only the row's number: rotated text under the columns takes more room
+    # than the map and reads badly; the hover names both memories
+    numbers = [str(i + 1) for i in range(len(texts))]
+    fig = go.Figure(go.Heatmap(z=sims, x=numbers, y=labels, zmin=-0.2, zmax=1.0, colorscale="Viridis",
                                hovertext=hover, hoverinfo="text", colorbar=dict(title="cosine")))
-    size = max(420, 26 * len(texts) + 260)
+    size = max(360, 26 * len(texts) + 140)
     fig.update_layout(title=f"cosine similarity of the newest {len(texts)} memories", template="plotly_white",
-                      width=size + 120, height=size, yaxis=dict(autorange="reversed"))
+                      width=size + 260, height=size, yaxis=dict(autorange="reversed"),
+                      xaxis=dict(side="top", tickangle=0), margin=dict(t=90))
     return fig

@@ -1,89 +1,74 @@
-"""Keep committed notebooks clean: no execution counts, no outputs except in cells marked for nbval.
+"""Keep committed notebooks clean with nbstripout: no execution counts, no outputs except in cells tagged
+``keep_output`` (nbstripout's own tag), whose outputs nbval checks.
 
-Why: outputs in git are noise (timings, addresses, private chat text) and make every run a diff; the few
-deterministic outputs worth keeping (the config table, the model's size) are checked by
-``pytest --nbval-lax``, so they are marked in the cell (``# NBVAL_CHECK_OUTPUT`` as its first line, plus the
-tag ``nbval-check-output``) and kept. ``tests/test_notebook_hygiene.py`` enforces the result.
+Why nbstripout: it is the maintained tool for exactly this (also usable as a git filter:
+``nbstripout --install``); this module only holds the project's settings for it, so the command line,
+the git filter and the hygiene test strip the same way. Kept cells also start with
+``# NBVAL_CHECK_OUTPUT`` so ``pytest --nbval-lax`` compares their outputs
+(``tests/test_notebook_hygiene.py`` enforces both).
 
-    python -m magistral_kit.notebook.nbclean notebooks/*.ipynb                 # strip in place
-    python -m magistral_kit.notebook.nbclean --keep-from tmp/executed/00_model.ipynb notebooks/00_model.ipynb
+    python -m magistral_kit.notebook.nbclean notebooks/*.ipynb            # = nbstripout with our settings
+    python -m magistral_kit.notebook.nbclean --execute notebooks/00_model.ipynb   # refresh kept outputs
 """
 from __future__ import annotations
 
 import argparse
-import copy
-import json
+import subprocess
+import sys
 from pathlib import Path
 
-CHECK_MARK = "# NBVAL_CHECK_OUTPUT"
-CHECK_TAG = "nbval-check-output"
-_VOLATILE_CELL_META = ("execution", "papermill", "collapsed", "scrolled", "jupyter")
-_VOLATILE_NB_META = ("papermill", "widgets")
+import nbformat
+
+KEEP_TAG = "keep_output"  # nbstripout keeps the outputs of cells with this tag
+CHECK_MARK = "# NBVAL_CHECK_OUTPUT"  # nbval (lax mode) compares the outputs of cells starting with this
+# papermill's run records, on top of nbstripout's default volatile keys
+EXTRA_KEYS = ["metadata.papermill", "cell.metadata.papermill"]
+NBSTRIPOUT_ARGS = ["--extra-keys", " ".join(EXTRA_KEYS)]
+
+
+def is_kept(cell: dict) -> bool:
+    """Whether nbstripout keeps this cell's outputs (the ``keep_output`` tag)."""
+    return cell.get("cell_type") == "code" and KEEP_TAG in cell.get("metadata", {}).get("tags", [])
 
 
 def is_checked(cell: dict) -> bool:
-    """Whether nbval (lax mode) compares this cell's outputs."""
+    """Whether nbval (lax mode) compares this cell's outputs (its first line is ``# NBVAL_CHECK_OUTPUT``)."""
     src = cell.get("source", "")
     src = "".join(src) if isinstance(src, list) else src
-    return cell.get("cell_type") == "code" and (src.lstrip().startswith(CHECK_MARK)
-                                                 or CHECK_TAG in cell.get("metadata", {}).get("tags", []))
+    return cell.get("cell_type") == "code" and src.lstrip().startswith(CHECK_MARK)
 
 
-def clean(nb: dict, keep_from: dict | None = None) -> dict:
-    """A cleaned copy of a notebook (as JSON dict). With `keep_from` (an executed copy of the same notebook),
-    the checked cells take their outputs from it, matched by cell order."""
-    nb = copy.deepcopy(nb)
-    donor = [c for c in (keep_from or {}).get("cells", []) if c.get("cell_type") == "code"]
-    code_n = -1
-    for cell in nb["cells"]:
-        for key in _VOLATILE_CELL_META:
-            cell.get("metadata", {}).pop(key, None)
-        if cell["cell_type"] != "code":
-            continue
-        code_n += 1
-        cell["execution_count"] = None
-        if not is_checked(cell):
-            cell["outputs"] = []
-            continue
-        outputs = donor[code_n]["outputs"] if keep_from is not None and code_n < len(donor) else cell["outputs"]
-        cell["outputs"] = [_clean_output(o) for o in outputs if o.get("output_type") != "error"
-                           and not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
-    for key in _VOLATILE_NB_META:
-        nb.get("metadata", {}).pop(key, None)
-    return nb
+def strip(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """What the command line does to a notebook, in memory (nbstripout's `strip_output`, our settings)."""
+    from nbstripout import strip_output
+
+    default_keys = ["metadata.signature", "metadata.widgets", "cell.metadata.collapsed",
+                    "cell.metadata.ExecuteTime", "cell.metadata.execution", "cell.metadata.heading_collapsed",
+                    "cell.metadata.hidden", "cell.metadata.scrolled"]
+    return strip_output(nb, keep_output=False, keep_count=False, keep_id=False,
+                        extra_keys=default_keys + EXTRA_KEYS)
 
 
-def _clean_output(out: dict) -> dict:
-    out = copy.deepcopy(out)
-    if "execution_count" in out:
-        out["execution_count"] = None
-    if isinstance(out.get("metadata"), dict):
-        out["metadata"] = {}
-    return out
+def execute_in_place(path: Path, timeout: int = 1800) -> None:
+    """Run every cell of a notebook (its folder as working directory) so the kept cells get fresh outputs."""
+    from nbclient import NotebookClient
 
-
-def clean_file(path: str | Path, keep_from: str | Path | None = None) -> bool:
-    """Clean a notebook file in place; returns whether it changed."""
-    path = Path(path)
-    before = path.read_text(encoding="utf-8")
-    donor = json.loads(Path(keep_from).read_text(encoding="utf-8")) if keep_from else None
-    after = json.dumps(clean(json.loads(before), donor), indent=1, ensure_ascii=False) + "\n"
-    if after != before:
-        path.write_text(after, encoding="utf-8")
-    return after != before
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    nbformat.write(nb, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="+", type=Path)
-    parser.add_argument("--keep-from", type=Path, help="executed copy whose checked-cell outputs to keep")
+    parser.add_argument("--execute", action="store_true", help="run the notebook first (refresh kept outputs)")
     args = parser.parse_args(argv)
-    if args.keep_from and len(args.notebooks) != 1:
-        parser.error("--keep-from takes one notebook")
     for nb in args.notebooks:
-        changed = clean_file(nb, args.keep_from)
-        print(f"{'cleaned' if changed else 'clean  '} {nb}")
-    return 0
+        if args.execute:
+            execute_in_place(nb)
+    cmd = [sys.executable, "-m", "nbstripout", *NBSTRIPOUT_ARGS, *map(str, args.notebooks)]
+    return subprocess.run(cmd, check=False).returncode
 
 
 if __name__ == "__main__":

@@ -13,33 +13,52 @@ panel still sends and renders as static HTML.
 """
 from __future__ import annotations
 
+import asyncio
 import html
 from typing import Any, Sequence
 
 MEMORY_ROWS = 8
+CONVERSATION_HEIGHT_PX = 420
+SUBMIT_SETTLE_S = 0.4  # Enter/Send waits this long for the box's last keystrokes (see _request_submit)
+# JupyterLab's own class for rendered HTML: tables inside the widget get the notebook's table styling and
+# both themes' colours (a bare ipywidgets.HTML has neither).
+_JP = "jp-RenderedHTMLCommon"
+# Theme variables with light fallbacks, so bubbles read well in light and dark JupyterLab and in a static
+# HTML export alike.
+_USER_BG = "var(--jp-brand-color3, #e8f0fe)"
+_BOT_BG = "var(--jp-layout-color2, #f1f3f4)"
+_LIVE_BG = "var(--jp-warn-color3, #fff8e1)"
+_MUTED = "var(--jp-ui-font-color2, #666)"
 
 
 # --- plain HTML (no widgets) --------------------------------------------------------------------------
-def conversation_html(turns: Sequence[Any], live: str | None = None) -> str:
-    """The conversation so far as chat bubbles (answers only; reasoning stays in the diagnostics)."""
+def conversation_html(turns: Sequence[Any], live: str | None = None,
+                      height_px: int = CONVERSATION_HEIGHT_PX) -> str:
+    """The conversation so far as chat bubbles (answers only; reasoning stays in the diagnostics).
+
+    The scroll box is a reversed flex column, so the browser keeps it scrolled to the newest message
+    (ipywidgets.HTML runs no script that could scroll it)."""
     parts = []
     for t in turns:
-        parts.append(_bubble("you", t.user, "#e8f0fe", "right"))
+        parts.append(_bubble("you", t.user, _USER_BG, "right"))
         answer = t.answer or (t.reply.empty_reason() if t.reply else "")
         note = f" · {len(t.retrieved)} memories used" if t.retrieved else ""
-        parts.append(_bubble(f"assistant{note}", answer, "#f1f3f4", "left"))
+        parts.append(_bubble(f"assistant{note}", answer, _BOT_BG, "left"))
     if live is not None:
-        parts.append(_bubble("assistant (writing…)", live, "#fff8e1", "left"))
+        parts.append(_bubble("assistant (writing…)", live or "…", _LIVE_BG, "left"))
     if not parts:
-        return "<div style='color:#888'><i>no messages yet: type one below</i></div>"
-    return "<div style='max-height:420px;overflow-y:auto'>" + "".join(parts) + "</div>"
+        return f"<div class='mk-conversation' style='color:{_MUTED}'><i>no messages yet: type one below</i></div>"
+    # line-height: ipywidgets.HTML sets a widget-row line height (28 px) that would double-space the text
+    return (f"<div class='mk-conversation' style='display:flex;flex-direction:column-reverse;"
+            f"max-height:{height_px}px;overflow-y:auto;padding-right:4px;line-height:1.45'><div>"
+            + "".join(parts) + "</div></div>")
 
 
 def _bubble(who: str, text: str, colour: str, side: str) -> str:
-    return (f"<div style='text-align:{side};margin:4px 0'><div style='display:inline-block;max-width:80%;"
-            f"text-align:left;background:{colour};border-radius:8px;padding:4px 8px'>"
-            f"<div style='font-size:80%;color:#666'>{html.escape(who)}</div>"
-            f"<div style='white-space:pre-wrap'>{html.escape(text)}</div></div></div>")
+    return (f"<div class='mk-message' style='text-align:{side};margin:4px 0'><div style='display:inline-block;"
+            f"max-width:80%;text-align:left;background:{colour};color:var(--jp-content-font-color1, #111);"
+            f"border-radius:8px;padding:4px 8px'><div style='font-size:80%;color:{_MUTED}'>{html.escape(who)}"
+            f"</div><div style='white-space:pre-wrap'>{html.escape(text)}</div></div></div>")
 
 
 def memory_list_html(memory: Any, newest: int = MEMORY_ROWS) -> str:
@@ -49,15 +68,21 @@ def memory_list_html(memory: Any, newest: int = MEMORY_ROWS) -> str:
     from magistral_kit.notebook.inspector import memory_table
 
     table = memory_table(memory, newest=newest)
-    rows = "".join(f"<tr><td style='text-align:left'>{html.escape(str(r.text))}</td><td>{html.escape(str(r.kind))}"
-                   f"</td><td>{html.escape(str(r.source))}</td></tr>" for r in table.itertuples())
-    return (f"<div><b>memories</b>: {len(memory)} in the cube (newest {min(newest, len(memory))} shown)"
-            f"<table><tr><th>memory</th><th>kind</th><th>from turn</th></tr>{rows}</table></div>")
+    rows = "".join(f"<tr><td style='text-align:left'>{html.escape(str(r.text))}</td>"
+                   f"<td style='text-align:left'>{html.escape(str(r.kind))}</td>"
+                   f"<td style='text-align:left'>{html.escape(str(r.source))}</td></tr>"
+                   for r in table.itertuples())
+    return (f"<div class='{_JP} mk-memories'><div><b>memories</b>: {len(memory)} in the cube (newest "
+            f"{min(newest, len(memory))} shown)</div><table><thead><tr><th style='text-align:left'>memory</th>"
+            f"<th style='text-align:left'>kind</th><th style='text-align:left'>from turn</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table></div>")
 
 
 def diagnostics_html(turns: Sequence[Any]) -> str:
     """The latest turn's diagnostics (retrieved memories, prompt, timings…), or a hint before the first."""
-    return turns[-1].to_html() if turns else "<div style='color:#888'><i>diagnostics of the latest turn appear here</i></div>"
+    if not turns:
+        return f"<div style='color:{_MUTED}'><i>diagnostics of the latest turn appear here</i></div>"
+    return f"<div class='{_JP} mk-diagnostics'>{turns[-1].to_html()}</div>"
 
 
 # --- the panel ----------------------------------------------------------------------------------------
@@ -71,6 +96,7 @@ class ChatPanel:
         self.error: str | None = None
         self._live: str | None = None
         self._w: dict[str, Any] | None = None
+        self._pending: Any = None  # a scheduled send (asyncio.TimerHandle), see _request_submit
 
     # --- logic (headless) ---------------------------------------------------------------------------
     @property
@@ -96,7 +122,8 @@ class ChatPanel:
 
     def to_html(self) -> str:
         """The whole panel as static HTML (what a headless run or a non-widget frontend shows)."""
-        return ("<div style='border:1px solid #ccc;padding:6px'>" + conversation_html(self.turns)
+        return (f"<div class='{_JP}' style='border:1px solid var(--jp-border-color1, #ccc);padding:6px'>"
+                + conversation_html(self.turns)
                 + "<hr>" + diagnostics_html(self.turns) + "<hr>"
                 + memory_list_html(self.chat.memory, self.memory_rows) + "</div>")
 
@@ -112,25 +139,48 @@ class ChatPanel:
 
         w: dict[str, Any] = {
             "conversation": W.HTML(conversation_html(self.turns)),
-            "input": W.Text(placeholder="Type a message and press Enter or Send", continuous_update=False,
-                            layout=W.Layout(width="70%")),
+            # continuous_update: the box's text reaches the kernel as it is typed (with continuous_update=False
+            # it is sent only after the Enter event, which then finds the previous text); see _request_submit
+            "input": W.Text(placeholder="Type a message and press Enter or Send", continuous_update=True,
+                            layout=W.Layout(flex="1 1 auto", width="auto")),
             "button": W.Button(description="Send", button_style="primary", icon="paper-plane"),
             "status": W.HTML(""),
             "diagnostics": W.HTML(diagnostics_html(self.turns)),
             "memories": W.HTML(memory_list_html(self.chat.memory, self.memory_rows)),
         }
-        w["button"].on_click(lambda _b: self._submit())
+        w["button"].on_click(lambda _b: self._request_submit())
         if hasattr(w["input"], "on_submit"):  # Enter in the box (deprecated in ipywidgets 8, still there)
             import warnings
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                w["input"].on_submit(lambda _t: self._submit())
+                w["input"].on_submit(lambda _t: self._request_submit())
         details = W.Accordion(children=[w["diagnostics"], w["memories"]],
                               titles=("latest turn: diagnostics", "memories"))
         details.selected_index = 0
-        w["root"] = W.VBox([w["conversation"], W.HBox([w["input"], w["button"]]), w["status"], details])
+        w["root"] = W.VBox([w["conversation"], W.HBox([w["input"], w["button"]]), w["status"], details],
+                           layout=W.Layout(max_width="960px"))
+        w["root"].add_class("mk-chat-panel")
         return w
+
+    def _request_submit(self) -> None:
+        """Enter or Send: send the box's text once the text has reached the kernel.
+
+        Why the wait: the frontend holds back widget state while earlier updates are unanswered (ipywidgets'
+        message throttling) but sends the Enter/click event at once, so the event can arrive before the
+        last keystrokes. In a kernel the send is scheduled `SUBMIT_SETTLE_S` later on its event loop, which
+        meanwhile applies the held-back text; without a running loop (tests, scripts) it sends at once."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._submit()
+            return
+        if self._pending is None:
+            self._pending = loop.call_later(SUBMIT_SETTLE_S, self._run_pending)
+
+    def _run_pending(self) -> None:
+        self._pending = None
+        self._submit()
 
     def _submit(self) -> None:
         """The Send button: take the input box's text, send it, report errors in the panel (not lost in a
@@ -138,17 +188,19 @@ class ChatPanel:
         w = self._w
         text = (w["input"].value or "").strip()
         if not text:
-            w["status"].value = "<span style='color:#888'>type a message first</span>"
+            w["status"].value = f"<span style='color:{_MUTED}'>type a message first</span>"
             return
         w["input"].value = ""
         w["button"].disabled = w["input"].disabled = True
-        w["status"].value = "<span style='color:#666'>thinking… (retrieve → generate → extract → store)</span>"
+        w["status"].value = (f"<span style='color:{_MUTED}'>thinking… (retrieve → generate → extract → store)"
+                             "</span>")
         try:
             self.send(text)
             w["status"].value = ""
         except Exception as exc:  # noqa: BLE001 - show it in the panel, the callback has nowhere else
             self.error = f"{type(exc).__name__}: {exc}"
-            w["status"].value = f"<span style='color:#b00'>⚠ {html.escape(self.error)}</span>"
+            w["status"].value = (f"<span style='color:var(--jp-error-color1, #b00)'>⚠ "
+                                 f"{html.escape(self.error)}</span>")
             w["input"].value = text
         finally:
             w["button"].disabled = w["input"].disabled = False
