@@ -1,4 +1,10 @@
-"""The durable copy of a cube: format file, fsync'd journal, atomic snapshots, process lock.
+"""Reader of the cube format before SQLite (format_version 1: cube.json + snapshot + fsync'd journal).
+
+Only for the one-time migration (`transfer.migrate_legacy`): a cube written by the earlier kit is read here,
+validated, and copied into the SQLite record; its files are then moved to ``pre-sqlite/``, kept until removed
+by hand. Nothing writes this format any more.
+
+The old description follows.
 
 Why a separate copy at all: qdrant's local storage is one SQLite file that cannot be repaired once
 truncated, and MemOS's own `dump`/`load` write non-atomically and swallow read errors (a silently empty
@@ -21,11 +27,8 @@ crash between "snapshot renamed" and "journal rotated" replays nothing twice.
 from __future__ import annotations
 
 import base64
-import errno
-import fcntl
 import json
 import os
-import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,28 +46,9 @@ LOCK_FILE = "cube.lock"
 INDEX_DIR = "qdrant"
 
 
-class CubeError(RuntimeError):
-    """Base class of every cube problem; the message names the problem and the fix."""
-
-
-class CubeLockedError(CubeError):
-    """Another process holds the cube open for writing."""
-
-
-class CubeFormatError(CubeError):
-    """The folder is not a cube this kit can read (other format version, foreign files)."""
-
-
-class DimensionMismatchError(CubeError):
-    """The cube's stored vectors have another dimension than the embedder produces."""
-
-
-class CubeCorruptError(CubeError):
-    """A snapshot or journal is damaged; the message says which file and how to restore."""
-
-
-class ReadOnlyCubeError(CubeError):
-    """A write was attempted on a cube opened with read_only=True."""
+from magistral_kit.memory.errors import (  # noqa: E402,F401 - re-exported for old imports
+    CubeCorruptError, CubeError, CubeFormatError, CubeLockedError, DimensionMismatchError, ReadOnlyCubeError,
+)
 
 
 def now_iso() -> str:
@@ -143,75 +127,6 @@ def write_cube_file(folder: Path, embedder: str, dimension: int, **extra: Any) -
             "created": now_iso(), "kind": "magistral_kit memory cube", **extra}
     atomic_write(folder / CUBE_FILE, json.dumps(info, indent=1).encode())
     return info
-
-
-# --- lock --------------------------------------------------------------------------------------------
-
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        return exc.errno == errno.EPERM
-    return True
-
-
-class ProcessLock:
-    """An flock'd file naming the holder's pid, so a second process gets a useful error.
-
-    flock is released by the kernel when the holder dies, so a lock file left by a killed kernel is
-    recognised as stale (its pid is gone) and taken over.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / LOCK_FILE
-        self._fd: int | None = None
-
-    def acquire(self) -> str | None:
-        """Take the lock; returns a note when a stale lock was taken over."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = self._read_holder(fd)
-            os.close(fd)
-            pid = holder.get("pid", "?")
-            raise CubeLockedError(
-                f"cube {self.path.parent} is open for writing in process {pid} "
-                f"(host {holder.get('host', '?')}, since {holder.get('since', '?')}). Fix: close it there "
-                f"(chat.close() / memory.close()) or stop that kernel; to look at it beside the running "
-                f"chat, open_memory(path, read_only=True).") from None
-        old = self._read_holder(fd)
-        note = None
-        if old.get("pid") and old.get("pid") != os.getpid():
-            state = "no longer running" if not pid_alive(int(old["pid"])) else "no longer holding it"
-            note = f"stale lock of process {old['pid']} ({state}) taken over"
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                  "since": now_iso()}).encode(), 0)
-        self._fd = fd
-        return note
-
-    @staticmethod
-    def _read_holder(fd: int) -> dict[str, Any]:
-        try:
-            data = os.pread(fd, 4096, 0)
-            holder = json.loads(data.decode()) if data else {}
-            return holder if isinstance(holder, dict) else {}
-        except (OSError, ValueError):
-            return {}
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        try:
-            os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        finally:
-            os.close(self._fd)
-            self._fd = None
 
 
 # --- snapshot + journal ------------------------------------------------------------------------------
@@ -344,74 +259,3 @@ def record_json(rec: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in rec.items() if k != "vector"}
     out["vector"] = encode_vector(rec["vector"])
     return out
-
-
-class Journal:
-    """Append-only, fsync'd: one line per operation, so a batch is all-or-nothing."""
-
-    def __init__(self, folder: Path, truncate_at: int | None = None) -> None:
-        self.path = folder / JOURNAL
-        if truncate_at is not None and self.path.exists():
-            os.truncate(self.path, truncate_at)
-        created = not self.path.exists()
-        self._fh = open(self.path, "ab")
-        if created:  # the file's directory entry must be durable too, not only its lines
-            os.fsync(self._fh.fileno())
-            fsync_dir(folder)
-
-    def append(self, op: dict[str, Any]) -> None:
-        line = json.dumps(op, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-        start = self._fh.tell()
-        try:
-            self._fh.write(line)
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-        except BaseException:
-            # leave no half line behind for the next append to glue onto
-            try:
-                self._fh.flush()
-            except OSError:
-                pass
-            try:
-                os.truncate(self.path, start)
-                self._fh.seek(start)
-            except OSError:
-                pass
-            raise
-
-    def rotate(self) -> None:
-        """After a snapshot: the current journal becomes the previous one, a new empty one starts."""
-        self._fh.close()
-        folder = self.path.parent
-        os.replace(self.path, folder / PREV_JOURNAL)
-        self._fh = open(self.path, "ab")
-        os.fsync(self._fh.fileno())
-        fsync_dir(folder)
-
-    def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
-
-
-def write_snapshot(folder: Path, records: dict[str, dict[str, Any]], seq: int, info: dict[str, Any]) -> Path:
-    """Atomic snapshot; the old one becomes memories.prev.json without a moment with no memories.json."""
-    items = [record_json(r) for r in records.values()]
-    data = {"format_version": FORMAT_VERSION, "seq": seq, "saved": now_iso(), "count": len(items),
-            "embedder": info.get("embedder"), "dimension": info.get("dimension"), "items": items}
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-    snap = folder / SNAPSHOT
-    tmp = folder / (SNAPSHOT + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    if snap.exists():
-        # hard link keeps memories.json in place while the previous copy is made
-        prev_tmp = folder / (PREV_SNAPSHOT + ".tmp")
-        if prev_tmp.exists():
-            prev_tmp.unlink()
-        os.link(snap, prev_tmp)
-        os.replace(prev_tmp, folder / PREV_SNAPSHOT)
-    os.replace(tmp, snap)
-    fsync_dir(folder)
-    return snap

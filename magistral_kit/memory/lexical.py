@@ -1,0 +1,136 @@
+"""The lexical index: SQLite FTS5 with its own ``bm25()`` ranking (porter stemming), no hand-written BM25.
+
+It lives in the cube's SQLite file beside the durable record, so a memory and its lexical entry are written in
+ONE transaction (no index out of step after a crash) and a read-only view in another process sees new
+memories as soon as they are committed. Used standalone (``LexicalIndex()``), it holds a private in-memory
+database, which is what the retrieval tests and small experiments use.
+
+Scores are ``-bm25()`` (FTS5 returns lower-is-better), i.e. positive, higher is better, zero for documents
+that share no word with the query (those are absent from the result).
+"""
+from __future__ import annotations
+
+import re
+import sqlite3
+from typing import Iterable
+
+# Words that carry no retrieval signal in chat memories; dropped from QUERIES only (the index keeps every
+# word, FTS5's idf already discounts common ones).
+STOP = frozenset("""a an and are as at be been but by did do does for from had has have he her hers him his how i
+if in into is it its me my of on or our she so that the their them they this to was we were what when where which
+who whom whose why will with would you your yours about after before can could just like really so very too also
+oh yeah hey wow thanks thank yes no not there here then than been being am im i'm it's that's""".split())
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def query_terms(query: str) -> list[str]:
+    """The query's words, lower-cased, stop words and duplicates removed, in order."""
+    out: list[str] = []
+    for tok in _WORD.findall(query.lower()):
+        if tok not in STOP and tok not in out:
+            out.append(tok)
+    return out
+
+
+def match_expression(query: str) -> str | None:
+    """An FTS5 MATCH expression: any of the query's words (each quoted, so no word is read as an operator)."""
+    terms = query_terms(query)
+    return " OR ".join(f'"{t}"' for t in terms) if terms else None
+
+
+class LexicalIndex:
+    """BM25 over FTS5. ``add``/``remove`` write through `conn` (the caller's transaction, if any)."""
+
+    def __init__(self, conn: sqlite3.Connection | None = None, prefix: str = "lexical") -> None:
+        self._private = self._own = conn is None
+        self.conn = conn if conn is not None else sqlite3.connect(":memory:", check_same_thread=False)
+        self.docs, self.fts = f"{prefix}_docs", prefix
+
+    def create(self) -> None:
+        """Create the two tables (doc ids; FTS5 text with matching rowids) if missing."""
+        self.conn.execute(f"CREATE TABLE IF NOT EXISTS {self.docs} "
+                          f"(rowid INTEGER PRIMARY KEY, doc_id TEXT UNIQUE NOT NULL)")
+        self.conn.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS {self.fts} USING fts5(body, "
+                          f"tokenize='porter unicode61')")
+
+    def _ensure(self) -> None:
+        if self._own:
+            self.create()
+            self._own = False  # created once
+
+    def add(self, doc_id: str, text: str) -> None:
+        """Index a document; adding an existing id replaces it."""
+        self.add_many([(doc_id, text)])
+
+    def add_many(self, docs: Iterable[tuple[str, str]]) -> None:
+        self._ensure()
+        c = self.conn
+        for doc_id, text in docs:
+            row = c.execute(f"SELECT rowid FROM {self.docs} WHERE doc_id=?", (doc_id,)).fetchone()
+            if row is None:
+                rowid = c.execute(f"INSERT INTO {self.docs}(doc_id) VALUES (?)", (doc_id,)).lastrowid
+            else:
+                rowid = row[0]
+                c.execute(f"DELETE FROM {self.fts} WHERE rowid=?", (rowid,))
+            c.execute(f"INSERT INTO {self.fts}(rowid, body) VALUES (?, ?)", (rowid, text))
+
+    def remove(self, doc_id: str) -> None:
+        """Forget a document (no error if unknown, so a retried delete is harmless)."""
+        self.remove_many([doc_id])
+
+    def remove_many(self, doc_ids: Iterable[str]) -> None:
+        self._ensure()
+        c = self.conn
+        for doc_id in doc_ids:
+            row = c.execute(f"SELECT rowid FROM {self.docs} WHERE doc_id=?", (doc_id,)).fetchone()
+            if row is not None:
+                c.execute(f"DELETE FROM {self.fts} WHERE rowid=?", (row[0],))
+                c.execute(f"DELETE FROM {self.docs} WHERE rowid=?", (row[0],))
+
+    def clear(self) -> None:
+        self._ensure()
+        self.conn.execute(f"DELETE FROM {self.fts}")
+        self.conn.execute(f"DELETE FROM {self.docs}")
+
+    def text(self, doc_id: str) -> str | None:
+        """The text indexed for `doc_id` (what BM25 matches against), or None."""
+        self._ensure()
+        row = self.conn.execute(f"SELECT f.body FROM {self.fts} f JOIN {self.docs} d ON d.rowid=f.rowid "
+                                f"WHERE d.doc_id=?", (doc_id,)).fetchone()
+        return row[0] if row else None
+
+    def __len__(self) -> int:
+        self._ensure()
+        return int(self.conn.execute(f"SELECT count(*) FROM {self.docs}").fetchone()[0])
+
+    def __contains__(self, doc_id: object) -> bool:
+        self._ensure()
+        return self.conn.execute(f"SELECT 1 FROM {self.docs} WHERE doc_id=?", (doc_id,)).fetchone() is not None
+
+    def scores(self, query: str, limit: int | None = None, ids: Iterable[str] | None = None) -> dict[str, float]:
+        """BM25 score of the documents sharing a word with `query`: the best `limit` (all when None), and,
+        when `ids` is given, only among those ids."""
+        self._ensure()
+        expr = match_expression(query)
+        if expr is None:
+            return {}
+        sql = (f"SELECT d.doc_id, -bm25({self.fts}) FROM {self.fts} JOIN {self.docs} d ON d.rowid={self.fts}.rowid "
+               f"WHERE {self.fts} MATCH ?")
+        args: list = [expr]
+        if ids is not None:
+            ids = list(ids)
+            if not ids:
+                return {}
+            sql += f" AND {self.fts}.rowid IN (SELECT rowid FROM {self.docs} WHERE doc_id IN " \
+                   f"({','.join('?' * len(ids))}))"
+            args += ids
+        sql += f" ORDER BY bm25({self.fts})"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(int(limit))
+        return {doc_id: float(s) for doc_id, s in self.conn.execute(sql, args)}
+
+    def close(self) -> None:
+        """Close a private database (a shared connection belongs to its owner)."""
+        if self._private:
+            self.conn.close()
