@@ -253,8 +253,9 @@ class Memory:
             self.notes.append(f"read-only: private index built from the record ({record.count()} memories); it "
                               f"follows memories added by the writer; writes are refused")
             return
-        if reason is None and state.get("clean") and state.get("seq") == seq and state.get("kind") == self._dense.kind:
-            pass  # closed in step: trust it (no scan)
+        if reason is None and state.get("clean") and state.get("seq") == seq and \
+                state.get("kind") == self._dense.kind and self._dense_count_ok():
+            pass  # closed in step and the same size: trust it (no scan)
         else:
             if reason is None:
                 try:
@@ -271,6 +272,12 @@ class Memory:
                 self._rebuild_dense(reason)
         self._seen = seq
         record.put_settings({"dense": {"kind": self._dense.kind, "seq": seq, "clean": False}})
+
+    def _dense_count_ok(self) -> bool:
+        try:
+            return self._dense.count() == self._record.count()
+        except Exception:  # noqa: BLE001 - unreadable: the full check decides
+            return False
 
     def _rebuild_dense(self, reason: str | None) -> None:
         """Drop the dense index and fill it from the record (stored vectors: no re-embedding)."""

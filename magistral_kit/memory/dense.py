@@ -171,7 +171,7 @@ class EdgeIndex:
         q = self.q
         if self.path.exists() and any(self.path.iterdir()):
             shard = q.EdgeShard.load(str(self.path))
-            dim = _edge_dimension(shard)
+            dim = _edge_dimension(shard, self.path)
             if dim is not None and dim != self.dimension:
                 shard.close()
                 raise ValueError(f"Qdrant Edge shard {self.path} holds {dim}-dim vectors, expected "
@@ -244,12 +244,12 @@ class EdgeIndex:
                 shard.close()
 
 
-def _edge_dimension(shard: Any) -> int | None:
+def _edge_dimension(shard: Any, path: Path | None = None) -> int | None:
+    """The vector size a shard was created with (from its edge_config.json), or None when unknown."""
     try:
-        cfg = shard.info()
-        for attr in ("config", "vectors"):
-            cfg = getattr(cfg, attr, cfg)
-        size = getattr(cfg, "size", None)
-        return int(size) if size is not None else None
+        import json
+
+        cfg = json.loads((Path(path) / "edge_config.json").read_text())
+        return int(cfg["vectors"][""]["size"])
     except Exception:  # noqa: BLE001 - the dimension is also checked by the first upsert
         return None
