@@ -117,14 +117,17 @@ def restore_previous(path: str | Path) -> str:
     cube is opened (and migrated). Refused while a process holds the cube."""
     from filelock import FileLock, Timeout
 
+    from magistral_kit.memory.errors import CubeLockedError
+
     folder = Path(path).expanduser().resolve()
+    holder = folder / "cube.holder.json"
     lock = FileLock(str(folder / "cube.lock"), timeout=0)
     try:
+        if holder.exists() and json.loads(holder.read_text() or "{}").get("pid"):
+            raise Timeout(str(holder))
         lock.acquire()
-    except Timeout:
-        from magistral_kit.memory.errors import CubeLockedError
-
-        raise CubeLockedError(f"cube {folder} is open in another process; never swap files under a writer. "
+    except (Timeout, ValueError):
+        raise CubeLockedError(f"cube {folder} is open (see {holder.name}); never swap files under a writer. "
                               f"Fix: close it there first.") from None
     try:
         prev = folder / legacy.PREV_SNAPSHOT
