@@ -552,6 +552,23 @@ class Memory:
             finally:
                 self._repair_dense()
 
+    def build_index(self) -> str:
+        """Build the approximate (HNSW) graph of the dense index now, blocking; returns what was done.
+
+        Needed only for large cubes (search stays exact, and fast, to about 100k memories: see
+        bench/results/memory_scale.json); memories added later are searched exactly until the next build."""
+        with self._lock:
+            self._check_open()
+            if not hasattr(self._dense, "optimize"):
+                return f"{self._dense.kind}: the engine manages its own index"
+            import time
+
+            t = time.perf_counter()
+            self._dense.optimize()
+            note = f"HNSW graph built over {len(self)} memories in {time.perf_counter() - t:.1f} s"
+            self.notes.append(note)
+            return note
+
     # --- save / close ----------------------------------------------------------------------------------
     def save(self) -> Path:
         """Every write is already durable; this folds SQLite's write-ahead log into the main file and flushes

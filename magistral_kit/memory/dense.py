@@ -165,7 +165,9 @@ class EdgeIndex:
                                           full_scan_threshold=full_scan_threshold_kb, max_indexing_threads=1))
         self.shard = self._open()
         self._unoptimized = 0
-        self.optimize_every = 20_000  # points added before the HNSW graph is rebuilt (blocking)
+        # HNSW is built only on request (`optimize`): on this 2-core machine it indexes a few hundred points a
+        # second, so an automatic build would stall a chat turn for minutes; exact search stays fast to ~100k
+        self.optimize_every: int | None = None
 
     def _open(self) -> Any:
         q = self.q
@@ -178,7 +180,10 @@ class EdgeIndex:
                                  f"{self.dimension}")
             return shard
         self.path.mkdir(parents=True, exist_ok=True)
-        return q.EdgeShard.create(str(self.path), self._config)
+        shard = q.EdgeShard.create(str(self.path), self._config)
+        for name in ("kind", "status"):  # filters read these indexes, not every point's payload from disk
+            shard.update(q.UpdateOperation.create_field_index(name, q.PayloadSchemaType.Keyword))
+        return shard
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]) -> None:
         q = self.q
@@ -187,7 +192,7 @@ class EdgeIndex:
                    for i, v, p in zip(ids[s:s + BATCH], vectors[s:s + BATCH], payloads[s:s + BATCH])]
             self.shard.update(q.UpdateOperation.upsert_points(pts))
         self._unoptimized += len(ids)
-        if self._unoptimized >= self.optimize_every:
+        if self.optimize_every is not None and self._unoptimized >= self.optimize_every:
             self.optimize()
 
     def delete(self, ids: Sequence[str]) -> None:
@@ -195,7 +200,8 @@ class EdgeIndex:
             self.shard.update(self.q.UpdateOperation.delete_points([point_id(i) for i in ids]))
 
     def optimize(self) -> bool:
-        """Build the HNSW graph for what was added (blocking); the bench calls it after bulk loads."""
+        """Build the HNSW graph over what was added (blocking; `Memory.build_index`). Until then, and for
+        points added since, Qdrant Edge searches exactly."""
         self._unoptimized = 0
         return bool(self.shard.optimize())
 
