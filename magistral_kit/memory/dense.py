@@ -205,21 +205,25 @@ class EdgeIndex:
         self._unoptimized = 0
         return bool(self.shard.optimize())
 
-    def _filter(self, kinds: Sequence[str] | None, exclude_status: Sequence[str]) -> Any:
-        q = self.q
-        must = [q.FieldCondition(key="kind", match=q.MatchAny(any=list(kinds)))] if kinds else None
-        must_not = ([q.FieldCondition(key="status", match=q.MatchAny(any=list(exclude_status)))]
-                    if exclude_status else None)
-        return q.Filter(must=must, must_not=must_not) if (must or must_not) else None
-
     def search(self, vector: np.ndarray, limit: int, *, kinds: Sequence[str] | None = None,
                exclude_status: Sequence[str] = (), exact: bool = False) -> list[tuple[str, float]]:
+        """Nearest `limit` among `kinds`, without `exclude_status`. The filter is applied to an over-fetched
+        candidate list (doubling until enough), not inside Qdrant: measured, a payload filter made Qdrant
+        Edge's scan over an unindexed segment ~30x slower, and excluded memories are the rare case."""
         q = self.q
-        req = q.QueryRequest(limit=limit, query=q.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist()),
-                             filter=self._filter(kinds, exclude_status),
-                             with_payload=q.PayloadSelector.Include(["mid"]),
-                             params=q.SearchParams(exact=exact, hnsw_ef=None if exact else self.hnsw_ef))
-        return [(str(p.payload["mid"]), float(p.score)) for p in self.shard.query(req)]
+        vec = np.asarray(vector, dtype=np.float32).tolist()
+        want = set(kinds) if kinds is not None else None
+        fetch = limit if (want is None and not exclude_status) else limit * 2 + 8
+        while True:
+            req = q.QueryRequest(limit=fetch, query=q.Query.Nearest(vec),
+                                 with_payload=q.PayloadSelector.Include(["mid", "kind", "status"]),
+                                 params=q.SearchParams(exact=exact, hnsw_ef=None if exact else max(self.hnsw_ef, fetch)))
+            points = self.shard.query(req)
+            out = [(str(p.payload["mid"]), float(p.score)) for p in points
+                   if (want is None or p.payload.get("kind") in want) and p.payload.get("status") not in exclude_status]
+            if len(out) >= limit or len(points) < fetch:
+                return out[:limit]
+            fetch *= 4
 
     def count(self) -> int:
         return int(self.shard.count(self.q.CountRequest(exact=True)))
