@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
     from magistral_kit.memory.retrieval import RetrievalOptions
 
-__all__ = ["Memory", "Hit", "KINDS", "open_memory", "reembed", "CubeError", "CubeLockedError", "CubeFormatError",
+__all__ = ["Memory", "Hit", "KINDS", "open_memory", "is_cube", "reembed", "CubeError", "CubeLockedError", "CubeFormatError",
            "DimensionMismatchError", "CubeCorruptError", "ReadOnlyCubeError"]
 
 COLLECTION = "memories"
@@ -718,6 +718,14 @@ def _check_vectors(recs: list[dict[str, Any]], vectors: np.ndarray, dimension: i
         if vec.shape != (dimension,) or not np.isfinite(vec).all():
             raise ValueError(f"the embedder returned an invalid vector for {rec['text'][:60]!r} (shape "
                              f"{vec.shape}, finite={bool(np.isfinite(vec).all())}); nothing was stored")
+
+
+def is_cube(path: str | Path) -> bool:
+    """Whether `path` holds a kit cube (the SQLite record, or a journal-format cube not yet migrated)."""
+    from magistral_kit.memory import transfer
+
+    path = Path(path).expanduser()
+    return rec_mod.is_record(path) or transfer.is_legacy(path)
 
 
 def open_memory(path: str | Path, embedder: str = EMBEDDED, read_only: bool = False,
