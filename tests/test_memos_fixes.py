@@ -245,11 +245,11 @@ def test_memos_load_swallows_a_corrupt_file_kit_refuses_it(tmp_path):
         assert mem.get_all() == []  # ... and a silently empty cube
     finally:
         fixes.close_vecdb(mem.vector_db)
-    from magistral_kit.memory.transfer import import_memos
+    from magistral_kit.memory.transfer import import_memos_dump
 
     with open_memory(tmp_path / "cube") as cube:
         with pytest.raises(CubeCorruptError, match="textual_memory.json is damaged.*nothing was imported"):
-            import_memos(cube, dump)
+            import_memos_dump(cube, dump)
         assert len(cube) == 0
 
 

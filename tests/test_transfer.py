@@ -14,7 +14,7 @@ from magistral_kit.memory.cube import CubeCorruptError, CubeLockedError, open_me
 from magistral_kit.memory.embedding import get_embedder
 from magistral_kit.memory.record import DB_FILE
 from magistral_kit.memory.retrieval import RetrievalOptions
-from magistral_kit.memory.transfer import LEGACY_DIR, export_memos, import_memos, restore_previous
+from magistral_kit.memory.transfer import LEGACY_DIR, export_memos, import_memos_dump, restore_previous
 
 TEXTS = {"ana": ("The user's sister is called Ana and lives in Lisbon.", "extracted", ["s1-t1"], {"speaker": "user"}),
          "bike": ("The user rides a red bicycle to work every morning.", "raw", ["s1-t2"], {}),
@@ -139,7 +139,7 @@ def test_plain_memos_dump_imports(tmp_path):
     finally:
         fixes.close_vecdb(tm.vector_db)
     with open_memory(tmp_path / "cube") as mem:
-        got = import_memos(mem, tmp_path / "dump")
+        got = import_memos_dump(mem, tmp_path / "dump")
         assert sorted(got) == sorted(ids) and len(mem) == 2
         dog = [h for h in mem.search("What is the dog's name?", 3)]
         assert dog[0].text == "The user's dog is called Biscuit." and dog[0].kind == "ingested"

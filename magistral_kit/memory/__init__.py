@@ -3,6 +3,6 @@
 `vecdb` (those parts as a MemOS vector-DB backend), `items` (kit memory ↔ MemOS item), `transfer` (migration,
 MemOS export/import), the embedder, extraction, and every MemOS workaround in `memos_fixes`."""
 from magistral_kit.memory.cube import KINDS, Hit, Memory, open_memory, reembed
-from magistral_kit.memory.transfer import export_memos, import_memos, restore_previous
+from magistral_kit.memory.transfer import export_memos, import_memos_dump, restore_previous
 
-__all__ = ["KINDS", "Hit", "Memory", "open_memory", "reembed", "restore_previous", "export_memos", "import_memos"]
+__all__ = ["KINDS", "Hit", "Memory", "open_memory", "reembed", "restore_previous", "export_memos", "import_memos_dump"]

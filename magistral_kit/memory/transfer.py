@@ -9,7 +9,7 @@
   names only MemOS's built-in backends (qdrant, sentence_transformer, an openai extractor that is never
   called by search) and ``textual_memory.json`` holds every item with its stored vector, so MemOS's search
   there returns what the kit's ``memos`` preset returns.
-* `import_memos` — a folder dumped by plain MemOS (``cube.dump`` / ``text_mem.dump``) into a cube; unlike
+* `import_memos_dump` — a folder dumped by plain MemOS (``cube.dump`` / ``text_mem.dump``) into a cube; unlike
   MemOS's ``load`` a damaged file is an error, never a silently empty cube. Texts are re-embedded with the
   cube's embedder (MemOS's vectors may come from another model); ids, times and metadata are kept.
 """
@@ -211,7 +211,7 @@ def read_memos_dump(src: str | Path) -> list[dict[str, Any]]:
     return data
 
 
-def import_memos(mem: "Memory", src: str | Path) -> list[str]:
+def import_memos_dump(mem: "Memory", src: str | Path) -> list[str]:
     """Add the memories of a MemOS dump folder to the (writable) cube `mem`, keeping ids, times and metadata.
     Items without a kit kind become "ingested". All of it in one batch, or nothing."""
     data = read_memos_dump(src)
