@@ -300,7 +300,7 @@ class Memory:
             self._dense.close()
         except Exception:  # noqa: BLE001
             pass
-        if isinstance(self._dense, object) and hasattr(self._dense, "path"):
+        if hasattr(self._dense, "path"):
             shutil.rmtree(self._dense.path, ignore_errors=True)
         self._dense = self._make_dense()
         vecdb.attach(self._key, self._record, self._dense, self._lexical_text, self._on_dense_error)

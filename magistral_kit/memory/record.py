@@ -176,7 +176,7 @@ class Record:
                     out[t[0]] = self._row(t)
         return out
 
-    def rows(self, batch: int = 5000) -> Iterator[Row]:
+    def rows(self) -> Iterator[Row]:
         """Every memory, oldest first (by created, then insertion)."""
         with self._lock:
             data = self.conn.execute(f"SELECT {self._COLS} FROM memories ORDER BY created, rowid").fetchall()
@@ -192,7 +192,7 @@ class Record:
         with self._lock:
             return self.conn.execute("SELECT id, kind, status, seq FROM memories").fetchall()
 
-    def vectors(self, batch: int = 20_000) -> tuple[list[str], np.ndarray]:
+    def vectors(self) -> tuple[list[str], np.ndarray]:
         """Ids and the stored vectors as one float32 matrix."""
         with self._lock:
             data = self.conn.execute("SELECT id, vector FROM memories ORDER BY created, rowid").fetchall()
