@@ -24,10 +24,12 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 
 def query_terms(query: str) -> list[str]:
-    """The query's words, lower-cased, stop words and duplicates removed, in order."""
+    """The query's words, lower-cased, stop words, single characters (the "s" of "Ana's") and duplicates
+    removed, in order. Every kept word must be scored in every memory that holds it, so a near-universal
+    word costs time at scale and carries no signal."""
     out: list[str] = []
     for tok in _WORD.findall(query.lower()):
-        if tok not in STOP and tok not in out:
+        if len(tok) > 1 and tok not in STOP and tok not in out:
             out.append(tok)
     return out
 
