@@ -263,7 +263,8 @@ def main() -> None:
               "embedder": emb, "queries": args.queries, "runs": []}
     if args.merge and Path(args.out).exists():
         old = json.loads(Path(args.out).read_text())
-        result["runs"] = [r for r in old.get("runs", []) if r["memories"] not in sizes]
+        now = {(impl, n) for n in sizes for impl in (["kit", "legacy"] if n in legacy else ["kit"])}
+        result["runs"] = [r for r in old.get("runs", []) if (r["impl"], r["memories"]) not in now]
     root = Path(tempfile.mkdtemp(prefix="memory_scale_", dir=str(REPO / "tmp")))
     try:
         for n in sizes:

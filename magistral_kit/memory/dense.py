@@ -150,7 +150,7 @@ class QdrantClientIndex:
 class EdgeIndex:
     """A Qdrant Edge shard in `path` (HNSW above `hnsw_threshold` points; exact below)."""
 
-    def __init__(self, path: Path, dimension: int, *, m: int = 16, ef_construct: int = 100, hnsw_ef: int = 128,
+    def __init__(self, path: Path, dimension: int, *, m: int = 16, ef_construct: int = 100, hnsw_ef: int = 512,
                  full_scan_threshold_kb: int = 10_000) -> None:
         import qdrant_edge as q
 

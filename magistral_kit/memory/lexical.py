@@ -34,6 +34,31 @@ def query_terms(query: str) -> list[str]:
     return out
 
 
+def _porter(word: str) -> str:
+    """The stem FTS5's porter tokenizer stores for `word` (asked of SQLite itself, cached)."""
+    stem = _STEMS.get(word)
+    if stem is None:
+        con = _stemmer()
+        con.execute("DELETE FROM s")
+        con.execute("INSERT INTO s(x) VALUES (?)", (word,))
+        row = con.execute("SELECT term FROM s_vocab").fetchone()
+        stem = _STEMS[word] = row[0] if row else word
+    return stem
+
+
+_STEMS: dict[str, str] = {}
+_STEMMER: list[sqlite3.Connection] = []
+
+
+def _stemmer() -> sqlite3.Connection:
+    if not _STEMMER:
+        con = sqlite3.connect(":memory:", check_same_thread=False)
+        con.execute("CREATE VIRTUAL TABLE s USING fts5(x, tokenize='porter unicode61')")
+        con.execute("CREATE VIRTUAL TABLE s_vocab USING fts5vocab(s, 'row')")
+        _STEMMER.append(con)
+    return _STEMMER[0]
+
+
 def match_expression(query: str) -> str | None:
     """An FTS5 MATCH expression: any of the query's words (each quoted, so no word is read as an operator)."""
     terms = query_terms(query)
@@ -49,11 +74,12 @@ class LexicalIndex:
         self.docs, self.fts = f"{prefix}_docs", prefix
 
     def create(self) -> None:
-        """Create the two tables (doc ids; FTS5 text with matching rowids) if missing."""
+        """Create the tables (doc ids; FTS5 text with matching rowids; its vocabulary) if missing."""
         self.conn.execute(f"CREATE TABLE IF NOT EXISTS {self.docs} "
                           f"(rowid INTEGER PRIMARY KEY, doc_id TEXT UNIQUE NOT NULL)")
         self.conn.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS {self.fts} USING fts5(body, "
                           f"tokenize='porter unicode61')")
+        self.conn.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS {self.fts}_vocab USING fts5vocab({self.fts}, 'row')")
 
     def _ensure(self) -> None:
         if self._own:
@@ -113,7 +139,7 @@ class LexicalIndex:
         """BM25 score of the documents sharing a word with `query`: the best `limit` (all when None), and,
         when `ids` is given, only among those ids."""
         self._ensure()
-        expr = match_expression(query)
+        expr = self._match(query)
         if expr is None:
             return {}
         sql = (f"SELECT d.doc_id, -bm25({self.fts}) FROM {self.fts} JOIN {self.docs} d ON d.rowid={self.fts}.rowid "
@@ -131,6 +157,25 @@ class LexicalIndex:
             sql += " LIMIT ?"
             args.append(int(limit))
         return {doc_id: float(s) for doc_id, s in self.conn.execute(sql, args)}
+
+    # A word held by more than this share of the memories (and more than COMMON_MIN of them) is left out of
+    # the match: its idf is below log(1 + 1/share) ≈ 2.4, and scoring it means a pass over that share of the
+    # cube on every search (measured at 100k memories: the chat's search went from ~12 ms to ~70 ms).
+    COMMON_SHARE = 0.1
+    COMMON_MIN = 2000
+
+    def _match(self, query: str) -> str | None:
+        terms = query_terms(query)
+        if not terms:
+            return None
+        n = len(self)
+        if n > self.COMMON_MIN:
+            stems = {t: self.conn.execute(f"SELECT doc FROM {self.fts}_vocab WHERE term=?",
+                                          (_porter(t),)).fetchone() for t in terms}
+            cap = max(self.COMMON_MIN, self.COMMON_SHARE * n)
+            kept = [t for t in terms if stems[t] is None or stems[t][0] <= cap]
+            terms = kept
+        return " OR ".join(f'"{t}"' for t in terms) if terms else None
 
     def close(self) -> None:
         """Close a private database (a shared connection belongs to its owner)."""
