@@ -165,6 +165,10 @@ def worker(impl: str, n: int, queries: int, folder: Path, hnsw_sizes: set[int]) 
     if impl == "kit":
         out["dense_engine"] = mem.dense_index.kind
         out["search_mode"] = "exact (Qdrant Edge plain segments)"
+        # what is measured so far, in case the HNSW build below outlasts the time available
+        partial = Path(tempfile.gettempdir()) / f"memory_scale_partial_{impl}_{n}.json"
+        partial.write_text(json.dumps({**out, "peak_rss_mib": round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "partial": "before the HNSW build"}))
         if n in hnsw_sizes:
             mem.retrieval = None
             t0 = time.perf_counter()
