@@ -136,32 +136,38 @@ class LexicalIndex:
         return self.conn.execute(f"SELECT 1 FROM {self.docs} WHERE doc_id=?", (doc_id,)).fetchone() is not None
 
     def scores(self, query: str, limit: int | None = None, ids: Iterable[str] | None = None) -> dict[str, float]:
-        """BM25 score of the documents sharing a word with `query`: the best `limit` (all when None), and,
-        when `ids` is given, only among those ids."""
+        """BM25 score of the documents sharing a word with `query`: the best `limit` (all when None), or,
+        when `ids` is given, those of these ids that match (each looked up by rowid: FTS5 then scores only
+        them, not every document holding a query word)."""
         self._ensure()
         expr = self._match(query)
         if expr is None:
             return {}
-        sql = (f"SELECT d.doc_id, -bm25({self.fts}) FROM {self.fts} JOIN {self.docs} d ON d.rowid={self.fts}.rowid "
-               f"WHERE {self.fts} MATCH ?")
-        args: list = [expr]
         if ids is not None:
             ids = list(ids)
-            if not ids:
-                return {}
-            sql += f" AND {self.fts}.rowid IN (SELECT rowid FROM {self.docs} WHERE doc_id IN " \
-                   f"({','.join('?' * len(ids))}))"
-            args += ids
-        sql += f" ORDER BY bm25({self.fts})"
+            out: dict[str, float] = {}
+            for s in range(0, len(ids), 500):
+                part = ids[s:s + 500]
+                rows = self.conn.execute(f"SELECT rowid, doc_id FROM {self.docs} WHERE doc_id IN "
+                                         f"({','.join('?' * len(part))})", part).fetchall()
+                for rowid, doc_id in rows:
+                    hit = self.conn.execute(f"SELECT -bm25({self.fts}) FROM {self.fts} WHERE {self.fts} MATCH ? "
+                                            f"AND rowid = ?", (expr, rowid)).fetchone()
+                    if hit is not None:
+                        out[doc_id] = float(hit[0])
+            return out
+        inner = f"SELECT rowid, rank AS s FROM {self.fts} WHERE {self.fts} MATCH ? ORDER BY rank"
+        args: list = [expr]
         if limit is not None:
-            sql += " LIMIT ?"
+            inner += " LIMIT ?"
             args.append(int(limit))
+        sql = f"SELECT d.doc_id, -t.s FROM ({inner}) t JOIN {self.docs} d ON d.rowid = t.rowid"
         return {doc_id: float(s) for doc_id, s in self.conn.execute(sql, args)}
 
     # A word held by more than this share of the memories (and more than COMMON_MIN of them) is left out of
-    # the match: its idf is below log(1 + 1/share) ≈ 2.4, and scoring it means a pass over that share of the
-    # cube on every search (measured at 100k memories: the chat's search went from ~12 ms to ~70 ms).
-    COMMON_SHARE = 0.1
+    # the match: its idf is below log(1 + 1/share) ≈ 3, and scoring it means a pass over that share of the
+    # cube on every search (bench/memory_scale.py: FTS5 scores every document that holds a query word to rank the best few).
+    COMMON_SHARE = 0.05
     COMMON_MIN = 2000
 
     def _match(self, query: str) -> str | None:
