@@ -1,11 +1,11 @@
 """Cost of the memory layer itself (not generation, not extraction), with the machine it ran on.
 
-(a) per turn: search(top_k=5) + add_many of 3 extracted items (embedding, index, fsync'd journal line);
+(a) per turn: search(top_k=5) + add_many of 3 extracted items (embedding, SQLite commit, dense index);
     target <= 100 ms.
 (b) search p50/p95 on a cube of 10,000 memories, embedding the query included; every query is distinct
-    (no cache can help); target p50 <= 20 ms. The split into embedding and qdrant time is recorded too.
-Also: ingestion rate (add_many batches), save() of the 10k snapshot, reopen (index consistency check) and a
-full index rebuild from the durable copy.
+    (no cache can help); target p50 <= 20 ms. The split into embedding and dense-index time is recorded too.
+Also: ingestion rate (add_many batches), save() (a WAL checkpoint), reopen (index consistency check) and a
+full dense-index rebuild from the SQLite record. bench/memory_scale.py measures 10k / 100k / 1M.
 
     python bench/memory_cost.py [--memories 10000] [--queries 300] [--out bench/results/memory_cost.json]
 """
@@ -78,6 +78,7 @@ def machine() -> dict:
             "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
             "loadavg_start": os.getloadavg(),
             "versions": {"MemoryOS": version("MemoryOS"), "qdrant-client": version("qdrant-client"),
+                         "qdrant-edge-py": version("qdrant-edge-py"),
                          "sentence-transformers": sentence_transformers.__version__, "torch": torch.__version__,
                          "transformers": transformers.__version__, "numpy": numpy.__version__}}
 
@@ -111,15 +112,13 @@ def main() -> None:
         result["ingest"] = {"seconds": round(ingest, 1), "memories_per_s": round(args.memories / ingest, 1)}
         print(f"ingested {len(mem)} in {ingest:.1f} s", flush=True)
 
-        # (b) search on the full cube: all distinct queries; split into embed and qdrant
+        # (b) search on the full cube: all distinct queries; split into embed and the dense index
         queries = [question(rng, i) for i in range(args.queries + 20)]
         for q in queries[:20]:
             mem.search(q, 5)  # warm-up
         total, cpu, embed, index = [], [], [], []
-        from magistral_kit.memory import memos_fixes
         from magistral_kit.memory.embedding import one_blas_thread
 
-        vecdb = mem._text_mem.vector_db
         for q in queries[20:]:
             c0, t0 = time.process_time(), time.perf_counter()
             hits = mem.search(q, 5)
@@ -131,15 +130,16 @@ def main() -> None:
             vec = mem.embed([q + " again"])[0]
             t1 = time.perf_counter()
             with one_blas_thread():
-                memos_fixes.search_with_scores(vecdb, vec, 5)
+                mem.dense_index.search(vec, 5)
             t2 = time.perf_counter()
             embed.append((t1 - t0) * 1000)
             index.append((t2 - t1) * 1000)
         result["search_10k"] = {**summary(total), "target_p50_ms": 20, "process_cpu": summary(cpu),
-                                "embed_only": summary(embed), "qdrant_only": summary(index)}
+                                "embed_only": summary(embed), "dense_index_only": summary(index),
+                                "dense_engine": mem.dense_index.kind}
         print("search", result["search_10k"], flush=True)
 
-        # (a) the memory layer's cost per turn: search + add_many(3) (embedding + index + fsync'd journal)
+        # (a) the memory layer's cost per turn: search + add_many(3) (embedding + SQLite commit + dense index)
         per_turn, adds = [], []
         turn_cpu = []
         for i in range(args.turns):
@@ -162,13 +162,13 @@ def main() -> None:
         t = time.perf_counter()
         mem.save()
         result["save_s"] = round(time.perf_counter() - t, 2)
-        result["snapshot_mb"] = round((mem.path / "memories.json").stat().st_size / 2**20, 1)
+        result["record_mb"] = round((mem.path / "memories.sqlite").stat().st_size / 2**20, 1)
         mem.close()
         t = time.perf_counter()
         mem = open_memory(root / "cube")
         result["reopen_s"] = round(time.perf_counter() - t, 2)
         mem.close()
-        shutil.rmtree(root / "cube" / "qdrant")
+        shutil.rmtree(root / "cube" / "dense")
         t = time.perf_counter()
         mem = open_memory(root / "cube")
         result["reopen_with_index_rebuild_s"] = round(time.perf_counter() - t, 2)

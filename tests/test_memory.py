@@ -1,9 +1,12 @@
-"""The memory cube: API, durability (journal, snapshots, killed processes), index rebuilds, locks, errors."""
+"""The memory cube: API, durability (SQLite record, killed processes, garbled files), dense-index rebuilds,
+locks, read-only views that follow a writer, kinds and status filters, errors that name the fix."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -14,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from magistral_kit.memory import durable
 from magistral_kit.memory.cube import (
-    CubeCorruptError, CubeError, CubeFormatError, CubeLockedError, DimensionMismatchError, Hit, Memory,
-    ReadOnlyCubeError, open_memory, reembed, restore_previous,
+    KINDS, CubeCorruptError, CubeError, CubeFormatError, CubeLockedError, DimensionMismatchError, Hit, Memory,
+    ReadOnlyCubeError, open_memory, reembed,
 )
+from magistral_kit.memory.record import DB_FILE, Record
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,6 +62,15 @@ def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 180) -> 
     raise AssertionError(f"no {prefix!r} line within {timeout}s")
 
 
+def stored_ids(path: Path) -> set[str]:
+    """What a fresh reader of the SQLite file sees (no kit code involved)."""
+    con = sqlite3.connect(f"file:{path / DB_FILE}?mode=ro", uri=True)
+    try:
+        return {r[0] for r in con.execute("SELECT id FROM memories")}
+    finally:
+        con.close()
+
+
 @pytest.fixture()
 def cube(tmp_path):
     mem = open_memory(tmp_path / "cube")
@@ -70,7 +82,7 @@ def facts(mem: Memory) -> dict[str, str]:
     return {
         "ana": mem.add("The user's sister is called Ana and lives in Lisbon.", source=["s1-t1"],
                        kind="extracted", meta={"speaker": "user", "session": "s1"}),
-        "bike": mem.add("The user rides a red bicycle to work every morning.", source=["s1-t2"], kind="raw"),
+        "bike": mem.add("The user rides a red bicycle to work every morning.", source=["s1-t2"], kind="episodic"),
         "tea": mem.add("The user prefers green tea over coffee.", source=["s1-t3", "s1-t4"]),
     }
 
@@ -99,10 +111,58 @@ def test_add_search_get_update_delete_roundtrip(cube):
         cube.get(ids["bike"])
 
 
+def test_writes_and_reads_go_through_memos_text_memory(cube, monkeypatch):
+    """MemOS is the API: add/update/delete/get call GeneralTextMemory, whose vector DB is the kit's backend."""
+    tm = cube.text_memory
+    calls: list[str] = []
+    for name in ("add", "update", "delete", "get"):
+        real = getattr(tm, name)
+        monkeypatch.setattr(tm, name, lambda *a, _r=real, _n=name, **k: calls.append(_n) or _r(*a, **k))
+    mid = cube.add("The user collects stamps.")
+    cube.update(mid, meta={"key": "hobby"})
+    cube.get(mid)
+    cube.delete(mid)
+    assert calls == ["add", "update", "get", "delete"]
+    # and MemOS's own calls reach the kit's storage: durable, searchable, visible to the kit
+    from memos.memories.textual.item import TextualMemoryItem
+
+    item = TextualMemoryItem(memory="Added by plain MemOS code: the user owns a kayak.")
+    tm.add([item])
+    assert item.id in stored_ids(cube.path)
+    hit = cube.get(item.id)
+    assert hit.kind == "ingested" and hit.text.startswith("Added by plain MemOS")
+    assert tm.get_all()[0].memory.startswith("Added by plain MemOS")
+    assert cube.search("kayak", 1)[0].id == item.id
+
+
+def test_kinds_status_filters_and_meta_update(cube):
+    assert KINDS == ("episodic", "episodic-question", "extracted", "manual", "ingested")
+    q = cube.add("Where did I put my keys?", kind="episodic-question")
+    said = cube.add("I put my keys in the blue bowl.", kind="episodic")
+    fact = cube.add("The user's keys are in the blue bowl.", kind="extracted", meta={"derived_from": said})
+    old = cube.add("The user's keys are in the drawer.", kind="raw")  # cubes before kinds: read as episodic
+    assert cube.get(old).kind == "episodic"
+    found = {h.id for h in cube.search("keys", 10)}
+    assert q not in found and {said, fact, old} <= found  # questions are not retrieved by default
+    assert [h.id for h in cube.search("keys", 10, kinds=["episodic-question"])] == [q]
+    assert {h.id for h in cube.search("keys", 10, kinds=["extracted"])} == {fact}
+    cube.update(old, meta={"status": "archived", "evolve_to": [fact]})
+    assert old not in {h.id for h in cube.search("keys drawer", 10)}
+    arch = [h for h in cube.search("keys drawer", 10, include_archived=True) if h.id == old][0]
+    assert arch.meta == {"status": "archived", "evolve_to": [fact]} and arch.text.endswith("drawer.")
+    md = cube.text_memory.get(old).metadata  # MemOS's own fields carry the status and the link
+    assert md.status == "archived" and md.evolve_to == [fact]
+    assert cube.items().set_index("id").loc[old, "status"] == "archived"
+    with pytest.raises(ValueError, match="not among"):
+        cube.search("keys", kinds=["nonsense"])
+    with pytest.raises(ValueError, match="text= or meta="):
+        cube.update(fact)
+
+
 def test_items_vectors_embed_and_html(cube):
     ids = facts(cube)
     df = cube.items()
-    assert list(df.columns[:6]) == ["id", "text", "kind", "source", "created", "updated"]
+    assert list(df.columns[:7]) == ["id", "text", "kind", "status", "source", "created", "updated"]
     assert {"speaker", "session"} <= set(df.columns) and set(df["id"]) == set(ids.values())
     vid, mat = cube.vectors()
     assert mat.shape == (3, 384) and set(vid) == set(ids.values())
@@ -110,20 +170,21 @@ def test_items_vectors_embed_and_html(cube):
     q = cube.embed(["sister"])
     assert q.shape == (1, 384)
     html = cube._repr_html_()
-    assert "3</b> memories" in html and "384 dims" in html and str(cube.path) in html
+    assert "3</b> memories" in html and "384 dims" in html and str(cube.path) in html and "qdrant-edge" in html
     assert "sister" in cube.search("sister", 1)[0]._repr_html_()
 
 
 def test_bad_items_are_refused_before_anything_is_written_odd_meta_is_kept(cube):
     facts(cube)
     for bad in ([{"text": ""}], [{"text": "x", "kind": "nonsense"}], [{"text": "x", "source": [3]}],
-                [{"text": "x", "colour": "red"}], [{"text": "x", "meta": {"f": object()}}]):
+                [{"text": "x", "colour": "red"}], [{"text": "x", "meta": {"f": object()}}],
+                [{"text": "fine"}, {"text": "  "}]):
         with pytest.raises((ValueError, TypeError)):
             cube.add_many(bad)
     assert len(cube) == 3
     assert cube.add_many([]) == []
-    odd = cube.add("Meta that MemOS's item model would reject.", meta={"tags": "one", "key": 5})
-    assert cube.get(odd).meta == {"tags": "one", "key": 5}
+    odd = cube.add("Meta that MemOS's item model would reject.", meta={"tags": "one", "key": 5, "status": 7})
+    assert cube.get(odd).meta == {"tags": "one", "key": 5, "status": 7}
 
 
 def test_reopen_same_path_in_process_reuses_instance_and_close_is_idempotent(tmp_path):
@@ -136,7 +197,7 @@ def test_reopen_same_path_in_process_reuses_instance_and_close_is_idempotent(tmp
     with pytest.raises(CubeError, match="closed"):
         a.search("x")
     c = open_memory(tmp_path / "c")
-    assert c is not a and len(c) == 1
+    assert c is not a and len(c) == 1 and not any("rebuilt" in n for n in c.notes)  # closed in step: no scan
     c.close()
 
 
@@ -144,215 +205,166 @@ def test_two_hundred_adds_and_searches_in_a_row(cube):
     for i in range(200):
         cube.add(f"Memory number {i}: the user mentioned item {i * 7} on day {i % 30}.", source=[f"s1-t{i}"])
         assert len(cube.search(f"item {i * 7}", top_k=3)) == min(3, i + 1)
-    assert len(cube) == 200
-    cube.save()
-    assert len(durable.load(cube.path, 384).records) == 200
+    assert len(cube) == 200 and len(stored_ids(cube.path)) == 200
 
 
 # --- durability --------------------------------------------------------------------------------------
 
 
-def test_durable_when_add_returns_without_save(tmp_path):
+def test_durable_when_add_returns_without_close(tmp_path):
     path = tmp_path / "c"
     mem = open_memory(path)
     mid = mem.add("The user was born in Porto.", source=["s1-t1"])
-    # no save, no close: what a killed kernel leaves behind
-    loaded = durable.load(path, 384)
-    assert mid in loaded.records and loaded.records[mid]["source"] == ["s1-t1"]
+    assert mid in stored_ids(path)  # another connection sees it: committed, no save() needed
     mem.close()
-    assert not (path / durable.SNAPSHOT).exists()
     with open_memory(path) as again:
-        assert again.get(mid).text == "The user was born in Porto."
+        assert again.get(mid).text == "The user was born in Porto." and again.get(mid).source == ["s1-t1"]
 
 
-def test_save_is_atomic_keeps_previous_and_compacts_journal(cube):
-    facts(cube)
-    cube.save()
-    assert (cube.path / durable.SNAPSHOT).exists() and not (cube.path / durable.PREV_SNAPSHOT).exists()
-    assert (cube.path / durable.JOURNAL).stat().st_size == 0
-    cube.add("The user adopted a cat named Miso.")
-    cube.save()
-    prev = json.loads((cube.path / durable.PREV_SNAPSHOT).read_text())
-    cur = json.loads((cube.path / durable.SNAPSHOT).read_text())
-    assert prev["count"] == 3 and cur["count"] == 4 and cur["seq"] > prev["seq"]
-    assert not list(cube.path.glob("*.tmp"))
-
-
-def test_killed_during_save_loop_loses_nothing_durable(tmp_path):
-    """SIGKILL lands inside save() (a ~5 MB snapshot being written/renamed) in each of three rounds."""
+def test_killed_mid_write_loop_loses_nothing_durable(tmp_path):
+    """SIGKILL lands while a child adds 200-memory batches in a loop, in each of three rounds."""
     path = tmp_path / "c"
     durable_ids: list[str] = []
     for round_ in range(3):
         proc = child("""
             mem = M.open_memory({path!r})
-            if len(mem) == 0:
-                mem.add_many([{{"text": f"bulk memory {{i}} " + "y" * 200}} for i in range(2000)])
             print("ready", len(mem), flush=True)
             i = 0
             while True:
-                mid = mem.add(f"fact {round_}-{{i}} " + "x" * 300, source=[f"s{round_}-t{{i}}"])
-                print("durable", mid, flush=True)   # add returned: must survive
-                print("saving", flush=True)
-                mem.save()
+                ids = mem.add_many([{{"text": f"fact {round_}-{{i}}-{{j}} " + "x" * 300, "source": [f"t{{i}}"]}}
+                                    for j in range(200)])
+                print("durable", ids[0], ids[-1], flush=True)   # add_many returned: must survive
                 i += 1
         """, path=str(path), round_=round_)
         try:
             ready = wait_for_line(proc, "ready")
-            assert int(ready.split()[1]) >= 2000 + len(durable_ids)
+            assert int(ready.split()[1]) >= len(durable_ids)
             rng = np.random.default_rng(round_)
-            for _ in range(int(rng.integers(3, 8))):
-                durable_ids.append(wait_for_line(proc, "durable").split()[1])
-            wait_for_line(proc, "saving")
-            time.sleep(float(rng.uniform(0.0, 0.03)))
+            for _ in range(int(rng.integers(2, 5))):
+                durable_ids.extend(wait_for_line(proc, "durable").split()[1:])
+            time.sleep(float(rng.uniform(0.0, 0.05)))
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(30)
         finally:
             if proc.poll() is None:
                 proc.kill()
-        loaded = durable.load(path, 384)  # what the next open sees (it must not raise)
-        assert set(durable_ids) <= set(loaded.records)
-    (path / "memories.json.tmp").write_bytes(b'{"format_version": 1, "items": [{"id": "half')
+        ids = stored_ids(path)
+        assert set(durable_ids) <= ids and len(ids) % 200 == 0  # whole batches only
     with open_memory(path) as mem:
-        assert any("removed memories.json.tmp" in n for n in mem.notes), mem.notes
-        assert not (path / "memories.json.tmp").exists()
-        assert set(durable_ids) <= set(mem.items()["id"]) and len(mem) >= 2000 + len(durable_ids)
-        assert all(mem.get(i).text.startswith("fact ") and len(mem.get(i).source) == 1 for i in durable_ids)
+        assert set(durable_ids) <= set(mem.items()["id"])
+        assert any("stale lock of process" in n for n in mem.notes), mem.notes
+        assert mem._record.check() == "ok"
+        assert mem.search("fact 2-0-5", 1)[0].text.startswith("fact ")
+        assert mem.dense_index.count() == len(mem)
 
 
-def test_damaged_or_missing_index_is_rebuilt_from_durable_copy(tmp_path):
+def test_damaged_or_missing_dense_index_is_rebuilt_from_the_record(tmp_path):
     path = tmp_path / "c"
     with open_memory(path) as mem:
         ids = facts(mem)
-    sqlite = path / "qdrant" / "collection" / "memories" / "storage.sqlite"
-    assert sqlite.exists()
-    with open(sqlite, "r+b") as fh:
-        fh.truncate(sqlite.stat().st_size // 2)
+    for f in (path / "dense").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"\x00garbage" * 64)
     with open_memory(path) as mem:
-        assert any("index rebuilt from journal" in n for n in mem.notes), mem.notes
+        assert any("index rebuilt from the record" in n for n in mem.notes), mem.notes
         assert set(mem.items()["id"]) == set(ids.values())
         assert mem.search("sister", 1)[0].id == ids["ana"]
-    import shutil
-
-    shutil.rmtree(path / "qdrant")
+    shutil.rmtree(path / "dense")
     with open_memory(path) as mem:
-        assert any("index rebuilt" in n and "missing" in n for n in mem.notes), mem.notes
+        assert any("index rebuilt" in n for n in mem.notes), mem.notes
         assert mem.search("bicycle", 1)[0].id == ids["bike"]
 
 
-def test_index_out_of_step_is_detected_and_rebuilt(tmp_path):
-    """A crash between index write and journal write leaves the index ahead: found by sequence numbers."""
+def test_dense_index_out_of_step_is_detected_after_an_unclean_stop(tmp_path):
     path = tmp_path / "c"
     with open_memory(path) as mem:
-        facts(mem)
-        mem._text_mem.vector_db.add(mem._points([{**mem._records[next(iter(mem._records))], "seq": 99}]))
+        ids = facts(mem)
+        # a stale point (an older write of one memory) in the index, then a stop without close()
+        row = mem._record.get(ids["ana"])
+        mem.dense_index.upsert([row.id], row.vector[None], [{"kind": row.kind, "status": row.status, "seq": 99}])
+        mem._record.put_settings({"dense": {"kind": mem.dense_index.kind, "seq": 0, "clean": False}})
+        mem._record.put_settings = lambda values: None  # what a killed process never writes
     with open_memory(path) as mem:
         assert any("out of step" in n and "1 stale" in n for n in mem.notes), mem.notes
+        assert mem.search("sister", 1)[0].id == ids["ana"]
 
 
-def test_index_collection_of_another_dimension_is_not_reused(tmp_path):
-    from qdrant_client import QdrantClient, models
+def test_dense_index_of_another_dimension_is_not_reused(tmp_path):
+    from magistral_kit.memory.dense import EdgeIndex
 
     path = tmp_path / "c"
     with open_memory(path) as mem:
         ids = facts(mem)
-    client = QdrantClient(path=str(path / "qdrant"))
-    client.delete_collection("memories")
-    client.create_collection("memories", vectors_config=models.VectorParams(size=768, distance=models.Distance.DOT))
-    client.close()
+    shutil.rmtree(path / "dense")
+    other = EdgeIndex(path / "dense", 768)
+    other.upsert(["11111111-1111-4111-8111-111111111111"], np.ones((1, 768), np.float32) / 768 ** .5,
+                 [{"kind": "manual", "status": "activated", "seq": 1}])
+    other.close()
     with open_memory(path) as mem:
-        assert any("768-dim" in n and "index rebuilt" in n for n in mem.notes), mem.notes
-        assert mem.text_memory.vector_db.client.get_collection("memories").config.params.vectors.size == 384
-        assert mem.search("sister", 1)[0].id == ids["ana"]
+        assert any("index rebuilt" in n for n in mem.notes), mem.notes
+        assert mem.search("sister", 1)[0].id == ids["ana"] and mem.dense_index.count() == 3
+
+
+def test_garbled_record_is_a_clear_error_and_nothing_is_overwritten(tmp_path):
+    path = tmp_path / "c"
+    with open_memory(path) as mem:
+        facts(mem)
+    db = path / DB_FILE
+    data = bytearray(db.read_bytes())
+    data[100:4096] = b"\xff" * (4096 - 100)  # the schema page
+    db.write_bytes(bytes(data))
+    before = db.read_bytes()
+    with pytest.raises(CubeCorruptError, match=r"memories.sqlite.*Fix: restore"):
+        open_memory(path)
+    assert db.read_bytes() == before
+    with pytest.raises(CubeCorruptError):
+        open_memory(path)  # the failed open released the lock: the second attempt reaches the same error
+
+
+def test_torn_wal_tail_of_a_killed_writer_is_ignored_by_sqlite(tmp_path):
+    path = tmp_path / "c"
+    proc = child("""
+        mem = M.open_memory({path!r})
+        ids = mem.add_many([{{"text": f"kept {{i}}"}} for i in range(20)])
+        print("durable", *ids, flush=True)
+        time.sleep(600)
+    """, path=str(path))
+    try:
+        ids = wait_for_line(proc, "durable").split()[1:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    wal = path / (DB_FILE + "-wal")
+    assert wal.exists()
+    with open(wal, "ab") as fh:
+        fh.write(b"half a frame of a write that never committed" * 20)
+    with open_memory(path) as mem:
+        assert set(ids) == set(mem.items()["id"])
+        assert any(f"stale lock of process {proc.pid}" in n for n in mem.notes), mem.notes
 
 
 def test_dimension_mismatch_is_refused_with_the_fix(tmp_path):
     path = tmp_path / "c"
     with open_memory(path) as mem:
         facts(mem)
-    info = json.loads((path / "cube.json").read_text())
-    info["dimension"] = 768
-    (path / "cube.json").write_text(json.dumps(info))
+        mem._record.put_settings({"dimension": 768})
     with pytest.raises(DimensionMismatchError, match=r"768-dim.*384-dim.*reembed"):
         open_memory(path)
-    assert not (path / durable.LOCK_FILE).read_text()  # lock released on the failed open
+    assert not (path / "cube.holder.json").exists()  # lock released on the failed open
 
 
 def test_other_format_version_says_what_to_do(tmp_path):
     path = tmp_path / "c"
     with open_memory(path) as mem:
         facts(mem)
-    info = json.loads((path / "cube.json").read_text())
-    info["format_version"] = 2
-    (path / "cube.json").write_text(json.dumps(info))
-    with pytest.raises(CubeFormatError, match="format_version 2.*reads format_version 1.*upgrade"):
+        mem._record.put_settings({"format_version": 3})
+    with pytest.raises(CubeFormatError, match="format_version 3.*reads format_version 2.*upgrade"):
         open_memory(path)
-    (path / "cube.json").unlink()
-    with pytest.raises(CubeFormatError, match="no cube.json"):
-        open_memory(path)
-
-
-def test_truncated_snapshot_is_a_clear_error_and_previous_restores_everything(tmp_path):
-    path = tmp_path / "c"
-    with open_memory(path) as mem:
-        first = facts(mem)
-        mem.save()
-        later = mem.add("The user plans a trip to Japan in April.")
-        mem.save()
-        newest = mem.add("The user's favourite colour is teal.")
-    snap = path / durable.SNAPSHOT
-    snap.write_bytes(snap.read_bytes()[:500])
-    with pytest.raises(CubeCorruptError) as err:
-        open_memory(path)
-    msg = str(err.value)
-    assert "memories.json" in msg and "memories.prev.json is readable (3 memories" in msg
-    assert "restore_previous" in msg
-    blocker = durable.ProcessLock(path)
-    blocker.acquire()
-    with pytest.raises(CubeLockedError):
-        restore_previous(path)
-    blocker.release()
-    note = restore_previous(path)
-    assert "corrupt" in note and list(path.glob("memories.corrupt-*.json"))
-    with open_memory(path) as mem:
-        assert set(mem.items()["id"]) == {*first.values(), later, newest}
-
-
-def test_torn_last_journal_line_is_skipped_and_said(tmp_path):
-    path = tmp_path / "c"
-    with open_memory(path) as mem:
-        ids = facts(mem)
-    with open(path / durable.JOURNAL, "ab") as fh:
-        fh.write(b'{"seq":4,"op":"add","items":[{"id":"half')  # kernel killed mid-append
-    with open_memory(path) as mem:
-        assert any("torn last line" in n for n in mem.notes), mem.notes
-        assert set(mem.items()["id"]) == set(ids.values())
-        extra = mem.add("The user has two brothers.")
-    with open_memory(path) as mem:  # the torn tail was cut before appending: the journal is clean again
-        assert not any("torn" in n for n in mem.notes)
-        assert extra in set(mem.items()["id"])
-
-
-def test_damaged_middle_journal_line_is_a_clear_error(tmp_path):
-    path = tmp_path / "c"
-    with open_memory(path) as mem:
-        facts(mem)
-    lines = (path / durable.JOURNAL).read_bytes().split(b"\n")
-    lines[1] = lines[1][:40]
-    (path / durable.JOURNAL).write_bytes(b"\n".join(lines))
-    with pytest.raises(CubeCorruptError, match=r"journal.jsonl line 2 is damaged.*truncate"):
-        open_memory(path)
-
-
-def test_missing_operations_are_detected(tmp_path):
-    path = tmp_path / "c"
-    with open_memory(path) as mem:
-        facts(mem)
-        mem.save()
-        mem.add("The user likes jazz.")
-    (path / durable.SNAPSHOT).unlink()
-    (path / durable.PREV_JOURNAL).unlink()
-    with pytest.raises(CubeCorruptError, match="operations are missing"):
-        open_memory(path)
+    with pytest.raises(CubeFormatError, match="not a cube"):
+        open_memory(tmp_path / "nothing-here", read_only=True)
+    assert not (tmp_path / "nothing-here").exists()
 
 
 # --- failures while running --------------------------------------------------------------------------
@@ -368,12 +380,11 @@ def test_nan_vector_is_refused_and_store_stays_usable(cube, monkeypatch):
     assert len(cube) == 3 and len(cube.search("sister", 3)) == 3
 
 
-def test_nan_reaching_qdrant_fails_cleanly_nothing_partial(cube, monkeypatch):
+def test_nan_reaching_the_record_fails_cleanly_nothing_partial(cube, monkeypatch):
     import magistral_kit.memory.cube as M
 
     facts(cube)
-    journal_before = (cube.path / durable.JOURNAL).read_bytes()
-    monkeypatch.setattr(M, "_check_vectors", lambda recs, dim: None)  # force the NaN through to qdrant
+    monkeypatch.setattr(M, "_check_vectors", lambda recs, vecs, dim: None)  # force the NaN through
     real = cube.embedder.encode
 
     def half_nan(texts, **kw):
@@ -385,60 +396,45 @@ def test_nan_reaching_qdrant_fails_cleanly_nothing_partial(cube, monkeypatch):
     with pytest.raises(CubeError, match="nothing was stored"):
         cube.add_many([{"text": "A good memory."}, {"text": "A NaN memory."}])
     monkeypatch.undo()
-    assert len(cube) == 3 and (cube.path / durable.JOURNAL).read_bytes() == journal_before
-    assert {h.text for h in cube.search("memory", 10)} == {r["text"] for r in cube._records.values()}
+    assert len(cube) == 3 and len(stored_ids(cube.path)) == 3 and cube.dense_index.count() == 3
     cube.add("After the failure the user still adds memories.")
     assert len(cube) == 4
 
 
-def _desync(vecdb) -> None:
-    """The in-RAM state a failed local-mode upsert leaves: `deleted` one entry longer than the vectors."""
-    col = vecdb.client._client.collections["memories"]
-    col.deleted = np.append(col.deleted, 0)
-
-
-def test_desynchronised_client_during_search_is_reopened_and_said(cube):
-    ids = facts(cube)
-    _desync(cube._text_mem.vector_db)
-    assert cube.search("sister", 1)[0].id == ids["ana"]
-    assert any("reopened qdrant client after failed search" in n for n in cube.notes), cube.notes
-    storage = cube.text_memory.vector_db.client._client.collections["memories"].storage.storage
-    assert storage.execute("PRAGMA synchronous").fetchone()[0] == 0  # index only: no per-point fsync
-
-
-def test_failed_add_that_desynchronises_the_client_is_retried_after_reopen(cube, monkeypatch):
-    facts(cube)
-    vecdb = cube._text_mem.vector_db
-    real_add = type(vecdb).add
-    calls = []
-
-    def failing_once(self, data):
-        calls.append(1)
-        if len(calls) == 1:
-            _desync(self)  # what qdrant-client <= 1.18 did on a NaN / wrong-dimension vector
-            raise ValueError("operands could not be broadcast together with shapes (4,) (3,)")
-        return real_add(self, data)
-
-    monkeypatch.setattr(type(vecdb), "add", failing_once)
-    mid = cube.add("The user keeps bees on the roof.")
-    monkeypatch.undo()
-    assert any("reopened qdrant client after failed add" in n for n in cube.notes), cube.notes
-    assert cube.search("bees", 1)[0].id == mid and len(cube) == 4 and len(calls) == 2
-
-
-def test_failed_journal_write_stores_nothing_of_the_batch(cube, monkeypatch):
+def test_failed_record_write_stores_nothing_of_the_batch(cube, monkeypatch):
     facts(cube)
 
-    def disk_full(op):
+    def disk_full(rows):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cube._journal, "append", disk_full)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(cube._record, "write", disk_full)
+    with pytest.raises(CubeError, match="nothing was stored"):
         cube.add_many([{"text": "Batch item one about volcanoes."}, {"text": "Batch item two about lava."}])
     monkeypatch.undo()
-    assert len(cube) == 3
-    assert cube._text_mem.vector_db.count() == 3  # the index was put back in step
+    assert len(cube) == 3 and cube.dense_index.count() == 3
     assert all("volcano" not in h.text for h in cube.search("volcanoes lava", 5))
+
+
+def test_dense_failure_after_commit_keeps_the_memory_and_rebuilds(cube, monkeypatch):
+    facts(cube)
+    dense = cube.dense_index
+
+    def broken(*a, **k):
+        raise RuntimeError("engine crashed mid-upsert")
+
+    monkeypatch.setattr(dense, "upsert", broken)
+    mid = cube.add("The user keeps bees on the roof.")
+    assert any("index rebuilt from the record" in n and "engine crashed" in n for n in cube.notes), cube.notes
+    assert mid in stored_ids(cube.path) and cube.dense_index is not dense
+    assert cube.search("bees", 1)[0].id == mid and cube.dense_index.count() == 4
+
+
+def test_failing_dense_search_is_rebuilt_and_retried(cube, monkeypatch):
+    ids = facts(cube)
+    monkeypatch.setattr(cube.dense_index, "search", lambda *a, **k: (_ for _ in ()).throw(
+        ValueError("operands could not be broadcast together with shapes (4,) (3,)")))
+    assert cube.search("sister", 1)[0].id == ids["ana"]
+    assert any("search failed" in n and "broadcast" in n for n in cube.notes), cube.notes
 
 
 def test_concurrent_adds_and_searches_go_through_one_lock(cube):
@@ -501,6 +497,38 @@ def test_locked_by_other_process_names_pid_read_only_works_and_stale_lock_is_tak
         assert len(mem) == 4
 
 
+def test_read_only_view_in_another_process_follows_adds_and_deletes(tmp_path):
+    path = tmp_path / "c"
+    with open_memory(path) as mem:
+        facts(mem)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", CHILD_PRELUDE.format(repo=str(REPO)) + textwrap.dedent(f"""
+            mem = M.open_memory({str(path)!r})
+            print("holding", flush=True)
+            for line in sys.stdin:
+                if line.startswith("add"):
+                    print("added", mem.add("Zanzibar trip planned for the spring."), flush=True)
+                elif line.startswith("del"):
+                    mem.delete(line.split()[1]); print("deleted", flush=True)
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO))
+    try:
+        wait_for_line(writer, "holding")
+        with open_memory(path, read_only=True) as ro:
+            assert len(ro) == 3
+            writer.stdin.write("add\n")
+            writer.stdin.flush()
+            new = wait_for_line(writer, "added").split()[1]
+            assert len(ro) == 4 and ro.get(new).text.startswith("Zanzibar")
+            assert new in {h.id for h in ro.search("Zanzibar trip", 4)}
+            writer.stdin.write(f"del {new}\n")
+            writer.stdin.flush()
+            wait_for_line(writer, "deleted")
+            assert len(ro) == 3 and new not in {h.id for h in ro.search("Zanzibar trip", 4)}
+    finally:
+        writer.kill()
+        writer.wait(30)
+
+
 def test_reembed_copies_texts_provenance_and_times(tmp_path):
     src = tmp_path / "src"
     with open_memory(src) as mem:
@@ -512,14 +540,14 @@ def test_reembed_copies_texts_provenance_and_times(tmp_path):
         assert set(after.index) == set(ids.values())
         for col in ("text", "kind", "source", "created"):
             assert list(after.loc[before.index, col]) == list(before[col])
-        assert dst.search("sister", 1)[0].id == ids["ana"] and (dst.path / durable.SNAPSHOT).exists()
+        assert dst.search("sister", 1)[0].id == ids["ana"]
     finally:
         dst.close()
     with pytest.raises(CubeError, match="not empty"):
         reembed(src, tmp_path / "dst", embedder="embedded")
 
 
-# --- retrieval hook ------------------------------------------------------------------------------------
+# --- retrieval -----------------------------------------------------------------------------------------
 
 
 def test_retrieval_hook_index_text_and_lexical_fusion(tmp_path):
@@ -532,22 +560,48 @@ def test_retrieval_hook_index_text_and_lexical_fusion(tmp_path):
         for i in range(15):
             mem.add(f"Caroline talked about art class number {i} and painting techniques.",
                     meta={"speaker": "Caroline"})
-        _, mat = mem.vectors()
         want = mem.embed(["Caroline: I finally finished the Zyxwortle painting."])[0]
-        assert np.allclose(mem._records[mid]["vector"], want, atol=1e-5)  # speaker embedded, text as given
+        assert np.allclose(mem._record.get(mid).vector, want, atol=1e-5)  # speaker embedded, text as given
         assert mem.get(mid).text == "I finally finished the Zyxwortle painting."
         hit = mem.search("What is the Zyxwortle?", top_k=3)[0]
         assert hit.id == mid and hit.source == ["D1:3"] and hit.score < 0.1  # an RRF score
         ctx = mem.add("Yes, last Friday!", meta={"speaker": "Mel", "context": ["Caroline: Did you see Qwertop?"]})
         want = mem.embed(["Caroline: Did you see Qwertop?\nMel: Yes, last Friday!"])[0]
-        assert np.allclose(mem._records[ctx]["vector"], want, atol=1e-5)  # context widens what is embedded
-        assert ctx in mem._lexical and "qwertop" not in mem._lexical._docs[ctx]  # ... not what BM25 holds
+        assert np.allclose(mem._record.get(ctx).vector, want, atol=1e-5)  # context widens what is embedded
+        lex = mem._record.lexical
+        assert ctx in lex and "qwertop" not in lex.text(ctx).lower()  # ... not what BM25 holds
         assert mem.get(ctx).text == "Yes, last Friday!"
-    assert json.loads((tmp_path / "c" / "cube.json").read_text())["index_text"] == {
+    assert Record(tmp_path / "c", 384, read_only=True).settings()["index_text"] == {
         "speaker_in_text": True, "date_in_text": False, "context_turns": 1}
-    with pytest.raises(CubeFormatError, match="not a cube"):
-        open_memory(tmp_path / "nothing-here", read_only=True)
-    assert not (tmp_path / "nothing-here").exists()
     with open_memory(tmp_path / "plain") as plain:
         plain.add("Plain memory.")
         assert plain.retrieval is None and 0.5 < plain.search("Plain memory.", 1)[0].score <= 1.0001
+
+
+def test_memos_preset_is_memos_own_search_with_scores(tmp_path):
+    from magistral_kit.memory.retrieval import RetrievalOptions
+
+    with open_memory(tmp_path / "c", retrieval=RetrievalOptions(preset="memos")) as mem:
+        ids = facts(mem)
+        hits = mem.search("Who is the user's sister?", 3)
+        plain = mem.text_memory.search("Who is the user's sister?", 3)  # MemOS itself
+        assert [h.id for h in hits] == [i.id for i in plain] and hits[0].id == ids["ana"]
+        assert 1 >= hits[0].score > hits[1].score > hits[2].score >= -1
+
+
+def test_qdrant_client_engine_and_url_errors(tmp_path):
+    """The qdrant-client engine (the class a server URL uses) through the whole API; an unreachable server
+    is a clear error. No Qdrant server runs here: the URL path against a live server is NOT tested."""
+    with open_memory(tmp_path / "m", index="memory") as mem:
+        ids = facts(mem)
+        assert mem.dense_index.kind == "qdrant-local :memory:"
+        assert mem.search("sister", 1)[0].id == ids["ana"]
+        mem.update(ids["bike"], meta={"status": "archived"})
+        assert ids["bike"] not in {h.id for h in mem.search("bicycle", 3)}
+        assert {h.id for h in mem.search("bicycle", 3, kinds=["episodic"], include_archived=True)} == {ids["bike"]}
+    with open_memory(tmp_path / "m", index="memory") as mem:  # rebuilt from the record on open
+        assert mem.search("tea", 1)[0].id == ids["tea"]
+    with pytest.raises(CubeError, match=r"Qdrant server at http://127.0.0.1:9.*Fix: start the server"):
+        open_memory(tmp_path / "u", index="http://127.0.0.1:9")
+    with pytest.raises(ValueError, match="not one of"):
+        open_memory(tmp_path / "v", index="elasticsearch")

@@ -116,27 +116,6 @@ def test_hf_backend_loads_its_own_model_kit_backend_uses_the_given_function(tmp_
         fixes.close_vecdb(mem.vector_db)
 
 
-def test_memos_reuses_a_wrong_dimension_collection_fix_recreates_it(tmp_path):
-    path = str(tmp_path / "q")
-    old = QdrantVecDB(QdrantVecDBConfig(collection_name="m", vector_dimension=768, distance_metric="cosine",
-                                        path=path))
-    fixes.close_vecdb(old)
-    db = QdrantVecDB(QdrantVecDBConfig(collection_name="m", vector_dimension=384, distance_metric="cosine",
-                                       path=path))
-    try:
-        assert db.client.get_collection("m").config.params.vectors.size == 768  # the bug: silently reused
-        item = VecDBItem(id=str(uuid.uuid4()), vector=[0.1] * 384, payload={})
-        with pytest.raises(Exception):
-            db.add([item])
-        note = fixes.check_collection_dimension(db, 384)
-        assert "768" in note and db.client.get_collection("m").config.params.vectors.size == 384
-        db.add([item])
-        assert db.count() == 1
-        assert fixes.check_collection_dimension(db, 384) is None
-    finally:
-        fixes.close_vecdb(db)
-
-
 def test_unclosed_client_blocks_reopening_close_vecdb_releases_it(tmp_path):
     cfg = QdrantVecDBConfig(collection_name="m", vector_dimension=4, distance_metric="dot", path=str(tmp_path / "q"))
     first = QdrantVecDB(cfg)
@@ -146,28 +125,6 @@ def test_unclosed_client_blocks_reopening_close_vecdb_releases_it(tmp_path):
     fixes.close_vecdb(first)  # idempotent
     second = QdrantVecDB(cfg)
     fixes.close_vecdb(second)
-
-
-def _desync(db) -> None:
-    col = db.client._client.collections[db.config.collection_name]
-    col.deleted = np.append(col.deleted, 0)
-
-
-def test_desynchronised_local_client_fails_forever_reopen_recovers(tmp_path):
-    cfg = QdrantVecDBConfig(collection_name="m", vector_dimension=4, distance_metric="dot", path=str(tmp_path / "q"))
-    db = QdrantVecDB(cfg)
-    try:
-        db.add([VecDBItem(id=str(uuid.uuid4()), vector=[1.0, i, 0, 0], payload={"memory": "a"}) for i in range(3)])
-        _desync(db)
-        for _ in range(3):  # the bug: every later search fails, not just one
-            with pytest.raises(ValueError, match="broadcast"):
-                db.search([1.0, 0, 0, 0], 1)
-        notes: list[str] = []
-        hits = fixes.call_with_reopen(db, lambda: db.search([1.0, 0, 0, 0], 3), notes, "search")
-        assert len(hits) == 3 and "reopened qdrant client" in notes[0]
-        assert fixes.index_healthy(db)
-    finally:
-        fixes.close_vecdb(db)
 
 
 def test_concurrent_add_and_search_break_plain_memos_local_mode(tmp_path):
@@ -200,17 +157,40 @@ def test_concurrent_add_and_search_break_plain_memos_local_mode(tmp_path):
     assert errors and "broadcast" in errors[0]
 
 
-def test_memos_search_drops_scores_search_with_scores_keeps_them(tmp_path):
+def test_memos_search_drops_scores_memos_search_with_scores_keeps_them(tmp_path):
     mem = fixes.quiet_construct(lambda: GeneralTextMemory(_config(str(tmp_path / "q"))))
     try:
         mem.add([{"memory": "The user likes sailing."}, {"memory": "The user hates spinach."}])
         plain = mem.search("sailing", 2)
         assert not any(getattr(i, "score", None) for i in plain)
         assert all(getattr(i.metadata, "score", None) is None for i in plain)
-        vec = mem.embedder.embed(["sailing"])[0]
-        scored = fixes.search_with_scores(mem.vector_db, vec, 2)
-        assert [mem.get(i).memory for i, _ in scored][0] == "The user likes sailing."
+        scored = fixes.memos_search_with_scores(mem, "sailing", 2)
+        assert [i.id for i, _ in scored] == [i.id for i in plain]  # MemOS's items, MemOS's order
+        assert scored[0][0].memory == "The user likes sailing."
         assert 1 >= scored[0][1] > scored[1][1] > -1
+        assert "search" not in vars(mem.vector_db)  # the recording wrapper is gone again
+    finally:
+        fixes.close_vecdb(mem.vector_db)
+
+
+def test_memos_add_embeds_the_stored_text_precomputed_vectors_hand_over_the_index_vector(tmp_path):
+    from memos.memories.textual.item import TextualMemoryItem
+
+    mem = fixes.quiet_construct(lambda: GeneralTextMemory(_config(str(tmp_path / "q"))))
+    try:
+        item = TextualMemoryItem(memory="Yes, last Friday!")
+        mem.add([item])  # the bug: MemOS embeds item.memory; no way to pass the vector of the index text
+        stored = np.array(mem.vector_db.get_by_id(item.id).vector)
+        assert np.allclose(stored, mem.embedder.embed(["Yes, last Friday!"])[0], atol=1e-5)
+        index_vec = mem.embedder.embed(["Caroline: Did you see Qwertop?\nMel: Yes, last Friday!"])
+        other = TextualMemoryItem(memory="Yes, last Friday!")
+        with fixes.precomputed_vectors(mem.embedder, [other.memory], np.array(index_vec)):
+            mem.add([other])
+        assert np.allclose(np.array(mem.vector_db.get_by_id(other.id).vector), index_vec[0], atol=1e-5)
+        assert mem.embedder.pending is None
+        with pytest.raises(TypeError, match="kit's embedder backend"):
+            with fixes.precomputed_vectors(object(), ["x"], index_vec):
+                pass
     finally:
         fixes.close_vecdb(mem.vector_db)
 
@@ -265,14 +245,12 @@ def test_memos_load_swallows_a_corrupt_file_kit_refuses_it(tmp_path):
         assert mem.get_all() == []  # ... and a silently empty cube
     finally:
         fixes.close_vecdb(mem.vector_db)
-    path = tmp_path / "cube"
-    with open_memory(path) as cube:
-        cube.add("The user lives in Oslo.")
-        cube.save()
-    snap = path / "memories.json"
-    snap.write_text(snap.read_text()[:200])
-    with pytest.raises(CubeCorruptError, match="memories.json is damaged"):
-        open_memory(path)
+    from magistral_kit.memory.transfer import import_memos_dump
+
+    with open_memory(tmp_path / "cube") as cube:
+        with pytest.raises(CubeCorruptError, match="textual_memory.json is damaged.*nothing was imported"):
+            import_memos_dump(cube, dump)
+        assert len(cube) == 0
 
 
 def test_construction_warnings_are_silenced(tmp_path):

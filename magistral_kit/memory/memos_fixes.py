@@ -6,11 +6,12 @@ MemOS is imported only through `import_memos()`.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
 _IMPORT_LOCK = threading.Lock()
@@ -139,8 +140,14 @@ def register_backends() -> None:
 
             self.config = config
             self.kit = get_embedder(config.model_name_or_path)
+            self.pending: tuple[list[str], Any] | None = None  # see precomputed_vectors
 
         def embed(self, texts: list[str]) -> list[list[float]]:
+            import numpy as np
+
+            if self.pending is not None and list(texts) == self.pending[0]:
+                vectors, self.pending = self.pending[1], None
+                return np.asarray(vectors, dtype=np.float32).tolist()
             return self.kit.encode(list(texts)).tolist()
 
     LLMConfigFactory.backend_to_class[LLM_BACKEND] = KitCallableLLMConfig
@@ -169,22 +176,6 @@ def quiet_construct(fn: Callable[[], Any]) -> Any:
 
 
 
-def check_collection_dimension(vecdb: Any, expected: int) -> str | None:
-    """Drop and recreate a collection whose vector size differs from `expected`; returns a note.
-
-    Bug avoided: MemOS's QdrantVecDB finds an existing collection of another dimension, logs a warning and
-    reuses it; the first add of a real vector then fails (and with qdrant-client <= 1.18 poisons the
-    client). The caller rebuilds the index from the durable copy afterwards.
-    """
-    name = vecdb.config.collection_name
-    size = vecdb.client.get_collection(name).config.params.vectors.size
-    if size == expected:
-        return None
-    vecdb.client.delete_collection(name)
-    vecdb.create_collection()
-    return f"index collection had {size}-dim vectors, expected {expected}: recreated"
-
-
 def close_vecdb(vecdb: Any) -> None:
     """Close MemOS's qdrant client (idempotent).
 
@@ -200,75 +191,48 @@ def close_vecdb(vecdb: Any) -> None:
             pass
 
 
-def relax_index_fsync(vecdb: Any) -> bool:
-    """Let qdrant's local SQLite skip its per-point fsync (PRAGMA synchronous=OFF). Not a MemOS bug: a
-    kit choice. The index is disposable — the fsync'd journal is the durable copy, and on open a damaged
-    or out-of-step index is rebuilt from it — so paying one fsync per point (thousands of them
-    at ingestion, slow on a busy disk) buys nothing. Returns False (and changes nothing) if qdrant's internals differ."""
-    try:
-        for col in vecdb.client._client.collections.values():
-            storage = getattr(col, "storage", None)
-            if storage is not None:
-                storage.storage.execute("PRAGMA synchronous=OFF")
-        return True
-    except Exception:  # noqa: BLE001 - an optimisation only
-        return False
+@contextlib.contextmanager
+def precomputed_vectors(embedder: Any, texts: Sequence[str], vectors: Any) -> Iterator[None]:
+    """Within the block, the kit embedder backend returns `vectors` when MemOS embeds exactly `texts`.
 
-
-def reopen_client(vecdb: Any) -> None:
-    """Replace the client with a fresh one on the same path (qdrant re-reads its storage from disk)."""
-    from qdrant_client import QdrantClient
-
-    close_vecdb(vecdb)
-    path = vecdb.config.path
-    vecdb.client = QdrantClient(location=":memory:") if path == ":memory:" else QdrantClient(path=path)
-    relax_index_fsync(vecdb)
-
-
-def index_healthy(vecdb: Any) -> bool:
-    """A cheap probe that fails when local mode's in-RAM arrays are out of step."""
-    try:
-        name = vecdb.config.collection_name
-        vecdb.client.count(name)
-        vecdb.client.scroll(name, limit=1, with_payload=False, with_vectors=False)
-        size = vecdb.client.get_collection(name).config.params.vectors.size
-        vecdb.client.query_points(name, query=[1.0] * size, limit=1, with_payload=False)
-        return True
-    except Exception:  # noqa: BLE001 - any failure means "not usable"
-        return False
-
-
-def call_with_reopen(vecdb: Any, fn: Callable[[], Any], notes: list[str], what: str) -> Any:
-    """Run a qdrant operation; if it fails and the client's in-RAM state is broken, reopen and retry once.
-
-    Bug avoided: in qdrant local mode (MemOS's default) a failing upsert can leave the client's arrays
-    half-updated (`deleted` N+1 entries, vectors N): every later search raises 'operands could not be
-    broadcast together with shapes (N+1,) (N,)' — the crash that made the original project switch memory
-    off. The on-disk storage is consistent, so a fresh client recovers it. Only a persistent index can be
-    recovered this way; a `:memory:` one is rebuilt by the caller.
+    Bug avoided: `GeneralTextMemory.add` / `update` always embed `item.memory` themselves; there is no way
+    to hand them a vector. The kit embeds the memory's index text (speaker, date, neighbouring turns:
+    `retrieval.index_text`), not its stored text, and has the vectors already (one embedding per memory,
+    not two). Any other embed call inside the block (a different text list) is computed normally.
     """
+    if not hasattr(embedder, "pending"):
+        raise TypeError(f"{type(embedder).__name__} is not the kit's embedder backend ({EMBEDDER_BACKEND}); "
+                        f"precomputed vectors cannot be handed to it")
+    embedder.pending = (list(texts), vectors)
     try:
-        return fn()
-    except Exception as first:
-        if index_healthy(vecdb):
-            raise
-        if vecdb.config.path == ":memory:":
-            raise
-        reopen_client(vecdb)
-        notes.append(f"reopened qdrant client after failed {what} ({type(first).__name__}: {first})"[:300])
-        return fn()
+        yield
+    finally:
+        embedder.pending = None
 
 
-def search_with_scores(vecdb: Any, vector: Any, limit: int) -> list[tuple[str, float]]:
-    """(id, score) pairs, best first, without payloads or vectors.
+def memos_search_with_scores(text_mem: Any, query: str, top_k: int) -> list[tuple[Any, float]]:
+    """MemOS's own `text_mem.search(query, top_k)`, unchanged, with each item's score kept: (item, score).
 
-    Bug avoided: `GeneralTextMemory.search` sorts by score and then drops it (no way to show or threshold
-    relevance), and fetches every hit's vector and payload (with_vectors=True) that a chat never uses.
+    Bug avoided: `GeneralTextMemory.search` sorts the vector DB's results by score and then drops the score
+    (no way to show or threshold relevance). The scores are taken from the vector-DB call MemOS makes inside
+    its search; the items and their order are exactly what MemOS returns.
     """
-    points = vecdb.client.query_points(
-        collection_name=vecdb.config.collection_name, query=vector, limit=limit,
-        with_payload=False, with_vectors=False).points
-    return [(str(p.id), float(p.score)) for p in points]
+    db = text_mem.vector_db
+    seen: dict[str, float] = {}
+    real = db.search
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        results = real(*args, **kwargs)
+        for r in results:
+            seen[str(r.id)] = float(r.score) if r.score is not None else float("nan")
+        return results
+
+    db.search = recording
+    try:
+        items = text_mem.search(query, top_k)
+    finally:
+        del db.search  # the instance attribute goes; the class method is back
+    return [(item, seen.get(str(item.id), float("nan"))) for item in items]
 
 
 # --- extraction --------------------------------------------------------------------------------------

@@ -13,19 +13,25 @@ The memory layer calls these hooks; nothing here touches a cube:
   (``meta["speaker"]``) and date (``meta["date"]``) and prepend scoring-only context (``meta["context"]``:
   neighbouring turns). The stored memory text and its ``source`` (provenance) stay as given: context widens
   what a memory is *found by*, never what it claims to hold.
-* `lexical_text(text, meta, options)` — the text the `LexicalIndex` holds: `index_text` without the context.
+* `lexical_text(text, meta, options)` — the text the `LexicalIndex` (SQLite FTS5, `memory/lexical.py`) holds:
+  `index_text` without the context.
 * `query_text(query, options)` — the text embedded for a search (cheap rewriting, no LLM).
 * `candidate_count(top_k, options)` — how many dense candidates to fetch before re-ranking.
 * `rerank(query, candidates, top_k, options, lexical)` — the final order: fuses dense scores with
   `LexicalIndex` (BM25) scores. This is the hook ``Memory.search`` passes its candidates through.
+* ``preset="memos"`` — none of the above: MemOS's own ``text_mem.search`` exactly as plain MemOS runs it (dense
+  cosine over the stored vectors, query embedded as typed), scores restored by `memos_fixes`.
+
+The table above was measured with the earlier hand-written BM25 (same Okapi formula, k1 1.2, b 0.75); the
+FTS5 index stems with Porter where that one stripped a plural "s", so re-run bench/locomo_recall.py after a
+change here.
 """
 from __future__ import annotations
 
-import math
 import re
-from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 # --- options ----------------------------------------------------------------------------------------
 
@@ -44,6 +50,7 @@ class RetrievalOptions:
     fusion: Literal["linear", "rrf"] = "linear"
     query_rewrite: bool = False
     candidates: int = 50
+    preset: Literal["kit", "memos"] = "kit"
 
     @classmethod
     def from_config(cls, config: Any) -> "RetrievalOptions":
@@ -71,7 +78,7 @@ class RetrievalOptions:
             parts.append(f"bm25({self.fusion},{self.lexical_weight:g})")
         if self.query_rewrite:
             parts.append("rewrite")
-        return "+".join(parts)
+        return "memos" if self.preset == "memos" else "+".join(parts)
 
 
 # --- text hooks -------------------------------------------------------------------------------------
@@ -117,82 +124,8 @@ def candidate_count(top_k: int, options: RetrievalOptions) -> int:
     return max(top_k, options.candidates) if options.lexical_weight else top_k
 
 
-# --- lexical index ----------------------------------------------------------------------------------
-_STOP = frozenset("""a an and are as at be been but by did do does for from had has have he her hers him his how i
-if in into is it its me my of on or our she so that the their them they this to was we were what when where which
-who whom whose why will with would you your yours about after before can could just like really so very too also
-oh yeah hey wow thanks thank yes no not there here then than been being am im i'm it's that's""".split())
-_TOKEN = re.compile(r"[a-z0-9]+")
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-case word tokens without stop words, with a light suffix strip so 'paintings' meets 'painting'."""
-    out = []
-    for tok in _TOKEN.findall(text.lower()):
-        if tok in _STOP:
-            continue
-        if len(tok) > 4 and tok.endswith("s") and not tok.endswith("ss"):
-            tok = tok[:-1]
-        out.append(tok)
-    return out
-
-
-class LexicalIndex:
-    """An incremental BM25 (Okapi) index: `add` and `remove` are O(document), `scores` touches only the
-    postings of the query's words. Kept beside the vector store so deletes and updates stay in step."""
-
-    def __init__(self, k1: float = 1.2, b: float = 0.75) -> None:
-        self.k1, self.b = k1, b
-        self._docs: dict[str, Counter] = {}
-        self._len: dict[str, int] = {}
-        self._postings: dict[str, dict[str, int]] = defaultdict(dict)
-        self._total = 0
-
-    def __len__(self) -> int:
-        return len(self._docs)
-
-    def __contains__(self, doc_id: object) -> bool:
-        return doc_id in self._docs
-
-    def add(self, doc_id: str, text: str) -> None:
-        """Index a document; adding an existing id replaces it."""
-        if doc_id in self._docs:
-            self.remove(doc_id)
-        tf = Counter(tokenize(text))
-        self._docs[doc_id] = tf
-        self._len[doc_id] = sum(tf.values())
-        self._total += self._len[doc_id]
-        for tok, n in tf.items():
-            self._postings[tok][doc_id] = n
-
-    def remove(self, doc_id: str) -> None:
-        """Forget a document (no error if unknown, so a retried delete is harmless)."""
-        tf = self._docs.pop(doc_id, None)
-        if tf is None:
-            return
-        self._total -= self._len.pop(doc_id)
-        for tok in tf:
-            posting = self._postings[tok]
-            posting.pop(doc_id, None)
-            if not posting:
-                del self._postings[tok]
-
-    def scores(self, query: str) -> dict[str, float]:
-        """BM25 score of every document sharing a word with the query (others score 0 and are absent)."""
-        n = len(self._docs)
-        if not n:
-            return {}
-        avg = self._total / n or 1.0
-        out: dict[str, float] = defaultdict(float)
-        for tok in set(tokenize(query)):
-            posting = self._postings.get(tok)
-            if not posting:
-                continue
-            idf = math.log(1.0 + (n - len(posting) + 0.5) / (len(posting) + 0.5))
-            for doc_id, tf in posting.items():
-                norm = tf + self.k1 * (1.0 - self.b + self.b * self._len[doc_id] / avg)
-                out[doc_id] += idf * tf * (self.k1 + 1.0) / norm
-        return dict(out)
+# --- lexical index: SQLite FTS5 bm25() (memory/lexical.py) ---------------------------------------------
+from magistral_kit.memory.lexical import LexicalIndex, query_terms  # noqa: E402,F401 - re-exported
 
 
 # --- fusion and the search hook ---------------------------------------------------------------------
@@ -221,7 +154,7 @@ def fuse(dense: Mapping[str, float], lexical: Mapping[str, float], weight: float
 
 
 def rerank(query: str, candidates: Sequence[tuple[str, float]], top_k: int, options: RetrievalOptions,
-           lexical: LexicalIndex | None = None) -> list[tuple[str, float]]:
+           lexical: "LexicalIndex | Mapping[str, float] | None" = None) -> list[tuple[str, float]]:
     """THE SEARCH HOOK. ``Memory.search`` calls it after its dense search.
 
     Args:
@@ -231,7 +164,8 @@ def rerank(query: str, candidates: Sequence[tuple[str, float]], top_k: int, opti
         top_k: how many to return.
         options: the settings (`RetrievalOptions.from_config(config)`).
         lexical: the cube's `LexicalIndex` over `lexical_text` of every memory (NOT `index_text`: see
-            `lexical_text`), or None (dense only).
+            `lexical_text`), or its BM25 scores for this query already computed (a mapping id → score: what
+            `Memory.search` passes, restricted to the kinds and statuses asked for), or None (dense only).
     Returns:
         up to ``top_k`` ``(memory id, score)`` pairs, best first. Besides the candidates, ids may be among the
         ``options.candidates`` best BM25 matches that the dense search missed (scored with the lowest
@@ -241,7 +175,7 @@ def rerank(query: str, candidates: Sequence[tuple[str, float]], top_k: int, opti
     dense = {i: float(s) for i, s in candidates}
     scores = dense
     if options.lexical_weight and lexical is not None and len(lexical):
-        lex = lexical.scores(query)
+        lex = dict(lexical) if isinstance(lexical, Mapping) else lexical.scores(query)
         floor = min(dense.values(), default=0.0)
         for i in sorted(lex, key=lex.__getitem__, reverse=True)[:options.candidates]:
             dense.setdefault(i, floor)

@@ -101,18 +101,18 @@ def cube_path(cube: str | Path) -> Path:
 def reset_cube(cube: KitConfig | str | Path, enabled: bool = True) -> Path:
     """Delete a cube so the notebook starts it empty (refused when another process holds it open).
 
-    Only folders that are kit cubes (a ``cube.json``) or empty are removed: a typo cannot delete a folder
+    Only folders that are kit cubes (`memory.cube.is_cube`) or empty are removed: a typo cannot delete a folder
     of something else. `enabled=False` does nothing (a notebook's ``RESET`` parameter passes through).
     """
-    from magistral_kit.memory.cube import open_memory
+    from magistral_kit.memory.cube import is_cube, open_memory
 
     path = cube.cube_path if isinstance(cube, KitConfig) else cube_path(cube)
     if not enabled or not path.exists():
         return path
-    if not (path / "cube.json").exists() and any(path.iterdir()):
-        raise ValueError(f"{path} is not a memory cube (no cube.json); refusing to delete it. Fix: pick "
+    if not is_cube(path) and any(path.iterdir()):
+        raise ValueError(f"{path} is not a memory cube (no memories.sqlite); refusing to delete it. Fix: pick "
                          "another cube name, or remove the folder yourself")
-    if (path / "cube.json").exists():
+    if is_cube(path):
         open_memory(path).close()  # closes this process's open instance; raises if another process holds it
     shutil.rmtree(path)
     return path
@@ -133,10 +133,10 @@ def build_demo_cube(cube: str | Path = "inspector-demo", n: int | None = None, r
 
 def open_if_present(cube: str | Path, read_only: bool = True) -> Any | None:
     """Open a cube read-only (works beside a running chat) if it exists; None when there is none."""
-    from magistral_kit.memory.cube import open_memory
+    from magistral_kit.memory.cube import is_cube, open_memory
 
     path = cube_path(cube)
-    if not (path / "cube.json").exists():
+    if not is_cube(path):
         return None
     return open_memory(path, read_only=read_only)
 
