@@ -163,10 +163,12 @@ def tiny_nf4() -> torch.nn.Module:
     return q.eval()
 
 
-@pytest.mark.skipif(DEVICE != "cpu", reason="checks the CPU refusal")
 def test_prepare_decode_is_cuda_only_unless_asked(tiny_nf4: torch.nn.Module) -> None:
     dec, why = nk.prepare_decode(tiny_nf4)
-    assert dec is None and "CUDA" in why
+    if DEVICE == "cpu":
+        assert dec is None and "CUDA" in why
+    else:
+        assert dec is not None and why == ""
     dec, why = tiny_nf4._kit_test_decoder  # taken with allow_cpu=True before any forward
     assert dec is not None and why == ""
 
@@ -309,3 +311,31 @@ def test_decode_stages_match_the_modules(tiny_nf4: torch.nn.Module) -> None:
         d_parts = ops.gemv(act_ref.reshape(-1).contiguous(), *nk._flat([lay.down]), dec.code, lay.down.code2,
                            [lay.down.n], lay.down.k, 4, 8, 1)
         close("down_proj", d_parts.sum(0), down_ref, 2 ** -6)
+
+
+def test_per_linear_mode_matches_the_model_step(tiny_nf4: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MAGISTRAL_KIT_NF4_KERNEL=linears: transformers' own step with only the NF4 linears swapped for the kernel."""
+    from transformers import StaticCache
+
+    from magistral_kit.model import fast_decode as fd
+
+    fused, _ = tiny_nf4._kit_test_decoder
+    monkeypatch.setenv(nk.ENV_DISABLE, "linears")
+    model = tiny_nf4
+    lins = []  # the fixture's views, taken before bitsandbytes repacked the CPU weights
+    for lay, layer in zip(fused.layers, model.model.layers):
+        a, m = layer.self_attn, layer.mlp
+        lins += [(a.q_proj, lay.qkv[0]), (a.k_proj, lay.qkv[1]), (a.v_proj, lay.qkv[2]), (a.o_proj, lay.o),
+                 (m.gate_proj, lay.gate), (m.up_proj, lay.up), (m.down_proj, lay.down)]
+    dec = nk.LinearsDecoder(model, lins, fused.code, nk.DecodeSplits(other=(16, 2, 1)))
+    ids = torch.randint(3, 512, (1, 30), generator=torch.Generator().manual_seed(11)).to(DEVICE)
+    n = 29
+    with torch.inference_mode(), fd._KitAttention(model):
+        full = model(input_ids=ids, logits_to_keep=1).logits[0, -1].float()
+        cache = StaticCache(config=model.config, max_cache_len=64)
+        pos = torch.arange(n, device=DEVICE)
+        model(input_ids=ids[:, :n], position_ids=pos.view(1, -1), cache_position=pos, past_key_values=cache,
+              use_cache=True)
+        kit = dec.step(ids[:, n:n + 1], torch.tensor([n], device=DEVICE), cache)[0]
+    assert float((kit - full).abs().max()) <= 0.05 * float(full.abs().max())
+    assert all("forward" not in mod.__dict__ for mod, _ in lins)  # the swap is undone after the step
