@@ -4,17 +4,22 @@
 #   bash bench/device_run.sh launch           the full 40-layer run as ONE background process (setsid: it
 #                                             outlives this call while the machine is held)
 #   bash bench/device_run.sh poll SECONDS     wait up to SECONDS for it to finish; copy its JSON + log to $OUT
+#   bash bench/device_run.sh kernels          NF4 kernels only (bitsandbytes vs the kit's, random weights), foreground
+# Extra arguments after launch/quick/kernels go to bench/gpu_chat.py.
 source bench/device_setup.sh || exit 1
-case "$1" in
+mode="$1"; shift
+case "$mode" in
   quick)
-    python3 bench/gpu_chat.py --layers 2 --quick --out "$OUT/quick.json" --work /tmp/quick 2>&1 | tee "$OUT/quick.log" | grep -v Warning | cut -c1-300 | tail -70
+    python3 bench/gpu_chat.py --layers 2 --quick --out "$OUT/quick.json" --work /tmp/quick "$@" 2>&1 | tee "$OUT/quick.log" | grep -v Warning | cut -c1-300 | tail -70
     rm -rf /tmp/quick ;;
+  kernels)
+    python3 bench/gpu_chat.py --kernels-only --out "$OUT/kernels.json" --work /tmp/kern "$@" 2>&1 | tee "$OUT/kernels.log" | grep -v Warning | cut -c1-400 | tail -40 ;;
   launch)
     mkdir -p /tmp/full
-    setsid nohup python3 bench/gpu_chat.py --out /tmp/full/gpu_chat.json --work /tmp/gpuchat > /tmp/full/log 2>&1 < /dev/null &
+    setsid nohup python3 bench/gpu_chat.py --out /tmp/full/gpu_chat.json --work /tmp/gpuchat "$@" > /tmp/full/log 2>&1 < /dev/null &
     sleep 2; echo "launched" ;;
   poll)
-    for _ in $(seq "$(( ${2:-500} / 5 ))"); do
+    for _ in $(seq "$(( ${1:-500} / 5 ))"); do
       grep -q '"done"' /tmp/full/gpu_chat.json 2>/dev/null && break
       pgrep -f "bench/gpu_chat.py --out /tmp/full" > /dev/null || break
       sleep 5

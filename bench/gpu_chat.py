@@ -8,13 +8,20 @@ results JSON as soon as it is known (a time-out keeps what was measured).
 Random weights never emit end-of-sequence, so new tokens are capped; they also give near-tied logits, so the
 graph/compiled paths are checked against a full eager forward only where the top-2 logits are clearly apart.
 
-Usage (device): python bench/gpu_chat.py [--layers N] [--quick] [--no-compile] [--out results.json]
+The kit's own NF4 decode kernels (magistral_kit/model/nf4_kernel.py) are measured against bitsandbytes' batch-1
+kernel per linear shape and per decoder layer (CUDA graphs of calls rotating over enough weights to defeat the
+L2), with a sweep of their launch shapes; the decode paths run with the kit kernels, plus one bitsandbytes graph
+run for reference, and a torch.profiler breakdown of one decode step.
+
+Usage (device): python bench/gpu_chat.py [--layers N] [--quick] [--no-compile] [--kernels-only] [--out results.json]
+``markdown_table(json.load(open(results)))`` renders the README/GPU.md tables from a results file.
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import json
+import math
 import os
 import platform
 import shutil
@@ -159,6 +166,329 @@ def check_against_forward(model: Any, ids: torch.Tensor, res: Any) -> dict[str, 
 
 
 # --------------------------------------------------------------------------------------------------------------
+# NF4 kernels: bitsandbytes' batch-1 kernel vs the kit's, per linear shape and per decoder layer
+# --------------------------------------------------------------------------------------------------------------
+LINEAR_SHAPES = {"q": (4096, 5120), "k": (1024, 5120), "v": (1024, 5120), "o": (5120, 4096),
+                 "gate": (32768, 5120), "up": (32768, 5120), "down": (5120, 32768)}
+
+
+class _QLin:
+    """A bitsandbytes NF4 weight (packed bytes + quant_state) as the kernels and bnb.matmul_4bit see it."""
+
+    def __init__(self, weight: Any) -> None:
+        self.weight, self.bias = weight, None
+
+
+def nf4_bytes(n: int, k: int) -> int:
+    """Bytes one batch-1 product must read: packed weights, uint8 absmax, float32 second-level scales."""
+    return n * k // 2 + n * k // 64 + 4 * (n * k // 64 // 256)
+
+
+def random_linears(scale_bytes: float = 4e8, max_copies: int = 48) -> dict[str, list[_QLin]]:
+    """Copies of every Magistral linear shape quantized by bitsandbytes (>= ~6x the 60 MB L2 per shape)."""
+    import bitsandbytes.functional as bnbf
+
+    out: dict[str, list[_QLin]] = {}
+    for name, (n, k) in LINEAR_SHAPES.items():
+        copies = min(max_copies, max(3, math.ceil(scale_bytes / nf4_bytes(n, k))))
+        lst = []
+        for _ in range(copies):
+            w = torch.randn(n, k, device=DEV, dtype=torch.bfloat16) * 0.02
+            q, st = bnbf.quantize_4bit(w, quant_type="nf4", compress_statistics=True, blocksize=64)
+            q.quant_state = st
+            lst.append(_QLin(q))
+            del w
+        out[name] = lst
+    torch.cuda.empty_cache()
+    return out
+
+
+def model_linears(model: Any) -> dict[str, list[_QLin]]:
+    out: dict[str, list[_QLin]] = {name: [] for name in LINEAR_SHAPES}
+    for layer in model.model.layers:
+        a, m = layer.self_attn, layer.mlp
+        for name, mod in (("q", a.q_proj), ("k", a.k_proj), ("v", a.v_proj), ("o", a.o_proj),
+                          ("gate", m.gate_proj), ("up", m.up_proj), ("down", m.down_proj)):
+            out[name].append(_QLin(mod.weight))
+    return out
+
+
+def graph_us(calls: list[Any], reps: int = 25) -> float:
+    """Median µs per call of one CUDA graph that makes every call once (after a warm-up that JIT-compiles)."""
+    for c in calls[:2]:
+        c()
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for c in calls:
+            c()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for c in calls:
+            c()
+    g.replay()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) * 1000 / len(calls))
+    del g
+    return statistics.median(ts)
+
+
+def pick(v: str, order: bool = False) -> tuple[int, ...]:
+    """'br4_w1_s2' -> (4, 1, 2); order=True gives DecodeSplits' (rows, split, warps)."""
+    parts = dict((p_[0], int(p_[1:])) for p_ in v.replace("br", "r").split("_"))
+    br, w, sp = parts["r"], parts.get("w", 1), parts.get("s", 1)
+    return (br, sp, w) if order else (br, w, sp)
+
+
+def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str, Any]:
+    """µs and GB/s per shape for bnb and for each launch shape of the kit kernel; errors vs an fp32 reference."""
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bnbf
+
+    from magistral_kit.model import nf4_kernel as nk
+
+    code = nk._code_table(torch.device(DEV))
+    ws = {name: [nk.nf4_weight(q)[0] for q in lst] for name, lst in lins.items()}
+    g = torch.Generator(device=DEV).manual_seed(0)
+    out: dict[str, Any] = {"shapes": {}}
+    # launch shapes: (rows per program, warps per program) x K splits
+    # (an earlier sweep with 2 and 4 warps per program, each warp on its own rows, never won: one warp is kept)
+    shapes_bw = ((2, 1), (4, 1)) if quick else ((1, 1), (2, 1), (4, 1), (8, 1))
+    splits = (1, 4) if quick else (1, 2, 4, 8)
+
+    def rot(name: str, n_calls: int) -> list[int]:
+        return [i % len(lins[name]) for i in range(max(n_calls, len(lins[name])))]
+
+    def key(br: int, w: int, sp: int | None = None) -> str:
+        return f"br{br}_w{w}" + ("" if sp is None else f"_s{sp}")
+
+    for name, (n, k) in LINEAR_SHAPES.items():
+        x = (torch.randn(k, device=DEV, generator=g) * 0.5).to(torch.bfloat16)
+        q0 = lins[name][0].weight
+        ref = bnbf.dequantize_4bit(q0, q0.quant_state).float() @ x.float()
+        theirs = bnb.matmul_4bit(x.view(1, -1), q0.t(), quant_state=q0.quant_state).float().view(-1)
+        scale = float(ref.abs().max())
+        errs = []
+        for br, w in shapes_bw:  # every launch shape is checked, not only timed
+            for sp in splits:
+                if sp > 1 and k // sp < 1024:
+                    continue
+                mine = nk.nf4_linear(x, [ws[name][0]], code, split=sp, block_rows=br, warps=w).float()
+                errs.append(float((mine - ref).abs().max()) / scale)
+        row: dict[str, Any] = {"n": n, "k": k, "mbytes": round(nf4_bytes(n, k) / 1e6, 2),
+                               "err_ours": round(max(errs), 5),
+                               "err_bnb": round(float((theirs - ref).abs().max()) / scale, 5)}
+        twin = {"v": "k", "up": "gate"}.get(name)
+        if twin and twin in out["shapes"] and not quick:  # same shape as one already timed: time only the best
+            variants = {out["shapes"][twin]["best"]: None}
+        else:
+            variants = {key(br, w, sp): None for br, w in shapes_bw for sp in splits if sp == 1 or k // sp >= 1024}
+        idx = rot(name, 64)
+        x2 = x.view(1, -1)
+        row["bnb_us"] = round(graph_us([
+            (lambda q=lins[name][i].weight: bnb.matmul_4bit(x2, q.t(), quant_state=q.quant_state)) for i in idx]), 2)
+        for v in variants:
+            br, w, sp = pick(v)
+            variants[v] = round(graph_us([
+                (lambda wt=ws[name][i], br=br, w=w, sp=sp: nk.nf4_gemv_launch(
+                    x, [wt.words], [wt.absmax], [wt.absmax2], [wt.offset], code, wt.code2, [n], k, sp, br, w))
+                for i in idx]), 2)
+        best = min(variants, key=variants.get)
+        row.update(ours=variants, best=best, ours_us=variants[best])
+        gb = nf4_bytes(n, k) / 1e3
+        row["bnb_gbs"], row["ours_gbs"] = round(gb / row["bnb_us"], 1), round(gb / row["ours_us"], 1)
+        out["shapes"][name] = row
+        log("kernel_" + name, {kk: v for kk, v in row.items() if kk != "ours"})
+
+    # q|k|v in one launch, gate|up with the silu epilogue
+    (nq_, hid), nk_ = LINEAR_SHAPES["q"], LINEAR_SHAPES["k"][0]
+    inter = LINEAR_SHAPES["gate"][0]
+    x5 = (torch.randn(hid, device=DEV, generator=g) * 0.5).to(torch.bfloat16)
+    nq = len(lins["q"])
+    qkv = {}
+    for br, w in shapes_bw:
+        for sp in splits[:3]:
+            qkv[key(br, w, sp)] = round(graph_us([
+                (lambda i=i, br=br, w=w, sp=sp: nk.nf4_gemv_launch(
+                    x5, *nk._flat([ws["q"][i % nq], ws["k"][i % len(ws["k"])], ws["v"][i % len(ws["v"])]]),
+                    code, ws["q"][0].code2, [nq_, nk_, nk_], hid, sp, br, w)) for i in range(max(48, nq))]), 2)
+    gu = {}
+    ng = len(lins["gate"])
+    for br, w in shapes_bw:
+        gu[key(br, w)] = round(graph_us([
+            (lambda i=i, br=br, w=w: nk.nf4_gate_up_launch(
+                x5, *nk._flat([ws["gate"][i % ng], ws["up"][i % len(ws["up"])]]), code, ws["gate"][0].code2,
+                inter, hid, br, w)) for i in range(max(8, ng))]), 2)
+    out["qkv_fused"] = {"variants": qkv, "best": min(qkv, key=qkv.get), "us": min(qkv.values())}
+    out["gate_up_fused"] = {"variants": gu, "best": min(gu, key=gu.get), "us": min(gu.values())}
+    log("kernel_qkv_fused", out["qkv_fused"])
+    log("kernel_gate_up_fused", out["gate_up_fused"])
+
+    gbr, gw, _ = pick(out["gate_up_fused"]["best"] + "_s1")
+    splits_best = nk.DecodeSplits(qkv=pick(out["qkv_fused"]["best"], order=True),
+                                  o=pick(out["shapes"]["o"]["best"], order=True), gate_up=(gbr, gw),
+                                  down=pick(out["shapes"]["down"]["best"], order=True),
+                                  other=pick(out["shapes"]["q"]["best"], order=True))
+    out["splits_best"] = {k_: list(v_) for k_, v_ in splits_best.__dict__.items()}
+
+    # one decoder layer's linears, measured as a sequence over rotating weights
+    nl = max(len(v) for v in lins.values()) if len(lins["gate"]) >= 8 else 8
+    nl = min(nl, 40)
+    seq_bnb, seq_ours = [], []
+    sb = splits_best
+    for i in range(nl):
+        pick_w = {nm: lins[nm][i % len(lins[nm])].weight for nm in LINEAR_SHAPES}
+        pw = {nm: ws[nm][i % len(ws[nm])] for nm in LINEAR_SHAPES}
+        for nm in LINEAR_SHAPES:
+            xin = x5 if nm not in ("o", "down") else torch.full((LINEAR_SHAPES[nm][1],), 0.01, device=DEV,
+                                                                  dtype=torch.bfloat16)
+            seq_bnb.append(lambda q=pick_w[nm], xin=xin: bnb.matmul_4bit(xin.view(1, -1), q.t(),
+                                                                          quant_state=q.quant_state))
+        att = torch.full((LINEAR_SHAPES["o"][1],), 0.01, device=DEV, dtype=torch.bfloat16)
+        act = torch.full((inter,), 0.01, device=DEV, dtype=torch.bfloat16)
+        seq_ours += [
+            lambda p=pw: nk.nf4_gemv_launch(x5, *nk._flat([p["q"], p["k"], p["v"]]), code, p["q"].code2,
+                                            [nq_, nk_, nk_], hid, sb.qkv[1], sb.qkv[0], sb.qkv[2]),
+            lambda p=pw: nk.nf4_gemv_launch(att, *nk._flat([p["o"]]), code, p["o"].code2, [hid], LINEAR_SHAPES["o"][1],
+                                            sb.o[1], sb.o[0], sb.o[2]),
+            lambda p=pw: nk.nf4_gate_up_launch(x5, *nk._flat([p["gate"], p["up"]]), code, p["gate"].code2, inter,
+                                               hid, sb.gate_up[0], sb.gate_up[1]),
+            lambda p=pw: nk.nf4_gemv_launch(act, *nk._flat([p["down"]]), code, p["down"].code2, [hid], inter,
+                                            sb.down[1], sb.down[0], sb.down[2])]
+    bnb_layer = graph_us(seq_bnb) * 7
+    ours_layer = graph_us(seq_ours) * 4
+    layer_bytes = sum(nf4_bytes(n, k) for n, k in LINEAR_SHAPES.values())
+    out["layer"] = {"layers_rotated": nl, "bnb_us": round(bnb_layer, 1), "ours_us": round(ours_layer, 1),
+                    "bnb_sum_of_shapes_us": round(sum(r["bnb_us"] for r in out["shapes"].values()), 1),
+                    "mbytes": round(layer_bytes / 1e6, 1),
+                    "ours_gbs": round(layer_bytes / 1e3 / ours_layer, 1),
+                    "bnb_gbs": round(layer_bytes / 1e3 / bnb_layer, 1)}
+    log("kernel_layer", out["layer"])
+    return out
+
+
+def profile_step(model: Any, cache: int, steps: int = 16) -> dict[str, Any]:
+    """GPU time per decode step by kernel family (torch.profiler over graph replays of the current runner)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from magistral_kit.model import fast_decode as fd
+
+    runner = fd.current_runner(model)
+    if runner is None or runner.graph is None:
+        return {"error": "no captured runner"}
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            runner.graph.replay()
+        torch.cuda.synchronize()
+    fam: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for ev in prof.key_averages():
+        name = ev.key
+        t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
+        if not t:
+            continue
+        low = name.lower()
+        f = ("nf4 gemv" if "_nf4_gemv" in low else "nf4 gate_up" if "gate_up" in low else
+             "attention" if "_attn_" in low else "rope + cache write" if "rope" in low else
+             "add + rmsnorm" if "rmsnorm" in low else "gemv_4bit (bnb)" if "gemv" in low or "4bit" in low else
+             "lm_head and other matmuls" if any(t in low for t in ("gemm", "gemv", "cutlass", "nvjet")) else
+             "other")
+        fam[f] = fam.get(f, 0.0) + t
+        count[f] = count.get(f, 0) + ev.count
+    total = sum(fam.values())
+    top = sorted(((ev.key[:80], round((getattr(ev, "device_time_total", None) or 0.0) / steps, 1))
+                  for ev in prof.key_averages()), key=lambda r: -r[1])[:12]
+    by_time = sorted(fam.items(), key=lambda kv: -kv[1])
+    return {"cache": cache, "us_per_step": {k: round(v / steps, 1) for k, v in by_time},
+            "kernels_per_step": {k: round(v / steps, 1) for k, v in count.items()},
+            "kernel_sum_ms": round(total / steps / 1000, 3), "top": top}
+
+
+def _fmt(v: Any, nd: int = 1) -> str:
+    return "–" if v is None else f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def h200_table(result: dict) -> str:
+    """README/GPU.md tables (decode paths; NF4 kernels per shape and per layer) from a gpu_chat results JSON."""
+    lines = ["| path | kernel | cache | decode tok/s (median of 3) | runs | first call: capture / compile+JIT | "
+             "GPU peak | clear-gap argmax agreement |", "|---|---|---|---|---|---|---|---|"]
+    for name in ("plain", "graph", "compiled", "bnb_graph", "bnb_compiled"):
+        for cache in ("8k", "32k", "1k"):
+            key = f"{name}_{cache}"
+            tps = result.get(f"{key}_decode_tok_per_s")
+            if tps is None:
+                continue
+            first = result.get(f"{key}_first_call", {})
+            chk = result.get(f"{key}_check_vs_eager_forward", {})
+            kernel = first.get("kernel") or ("bitsandbytes" if name.startswith(("bnb", "plain")) else "?")
+            n_ok, n_clear = chk.get("clear_agree", 0), chk.get("clear_steps", 0)
+            agree = f"{n_ok}/{n_clear} ({100 * n_ok / n_clear:.0f} %)" if n_clear else "–"
+            cap = (f"{first.get('capture_seconds', 0):.2f} s / {first.get('compile_seconds', 0):.1f} s"
+                   if first else "–")
+            runs = ", ".join(f"{r:.1f}" for r in result.get(f"{key}_decode_tok_per_s_runs", []))
+            label = {"plain": "plain `model.generate`", "graph": "fast, CUDA graph",
+                     "compiled": "fast, compiled + graph", "bnb_graph": "fast, CUDA graph",
+                     "bnb_compiled": "fast, compiled + graph"}[name]
+            cache_s = ({"8k": "8,192", "32k": "32,768"}[cache] if name != "plain"
+                       else f"dynamic ({ {'1k': '1,024', '8k': '8,000'}[cache]}-token prompt)")
+            lines.append(f"| {label} | {kernel} | {cache_s} | **{tps:.1f}** | {runs} | {cap} | "
+                         f"{_fmt(result.get(f'{key}_gpu_peak_gib'), 2)} GiB | {agree} |")
+    k = result.get("kernels")
+    if k:
+        lines += ["", "| linear (out × in) | MB read | bitsandbytes µs | GB/s | kit µs (launch) | GB/s | "
+                  "error vs fp32 ref: bnb / kit |", "|---|---|---|---|---|---|---|"]
+        for name, r in k["shapes"].items():
+            lines.append(f"| {name} {r['n']} × {r['k']} | {r['mbytes']} | {r['bnb_us']:.1f} | {r['bnb_gbs']:.0f} | "
+                         f"**{r['ours_us']:.1f}** ({r['best']}) | {r['ours_gbs']:.0f} | "
+                         f"{r['err_bnb']:.1e} / {r['err_ours']:.1e} |")
+        f1, f2 = k.get("qkv_fused", {}), k.get("gate_up_fused", {})
+        sh = k["shapes"]
+        if f1 and all(n in sh for n in ("q", "k", "v")):
+            mb = sh["q"]["mbytes"] + sh["k"]["mbytes"] + sh["v"]["mbytes"]
+            bnb3 = sh["q"]["bnb_us"] + sh["k"]["bnb_us"] + sh["v"]["bnb_us"]
+            lines.append(f"| q\\|k\\|v in one launch {sh['q']['n'] + sh['k']['n'] + sh['v']['n']} × {sh['q']['k']} | "
+                         f"{mb:.1f} | {bnb3:.1f} (3 launches) | – | "
+                         f"**{f1['us']:.1f}** ({f1['best']}) | {mb * 1e3 / f1['us']:.0f} | – |")
+        if f2 and all(n in sh for n in ("gate", "up")):
+            mb = sh["gate"]["mbytes"] + sh["up"]["mbytes"]
+            lines.append(f"| gate\\|up + silu·mul in one launch 2 × {sh['gate']['n']} × {sh['gate']['k']} | "
+                         f"{mb:.1f} | "
+                         f"{sh['gate']['bnb_us'] + sh['up']['bnb_us']:.1f} (2 launches) | – | "
+                         f"**{f2['us']:.1f}** ({f2['best']}) | {mb * 1e3 / f2['us']:.0f} | – |")
+        lay = k.get("layer")
+        if lay:
+            lines.append(f"| **one decoder layer's linears** (measured in sequence, {lay['layers_rotated']} layers "
+                         f"rotated) | {lay['mbytes']} | **{lay['bnb_us']:.1f}** | {lay['bnb_gbs']:.0f} | "
+                         f"**{lay['ours_us']:.1f}** | {lay['ours_gbs']:.0f} | – |")
+    profs = [(label, result[key]) for key, label in (("profile_graph_8k", "kit kernels"),
+                                                      ("profile_bnb_graph_8k", "bitsandbytes"))
+             if isinstance(result.get(key), dict) and "us_per_step" in result[key]]
+    if profs:
+        fams = list(dict.fromkeys(f for _, p in profs for f in p["us_per_step"]))
+        lines += ["", "| decode step, CUDA graph, 8k cache (torch.profiler over graph replays) | "
+                  + " | ".join(f"{label}: GPU µs per token (kernels)" for label, _ in profs) + " |",
+                  "|---|" + "---|" * len(profs)]
+        for fam in fams:
+            cells = [f"{p['us_per_step'][fam]:.0f} ({p['kernels_per_step'].get(fam, 0):.0f})"
+                     if fam in p["us_per_step"] else "–" for _, p in profs]
+            lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+        sums = " | ".join(f"**{p['kernel_sum_ms'] * 1000:.0f}**" for _, p in profs)
+        lines.append(f"| **kernel sum** | {sums} |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------------------
 def main() -> None:
     global OUT_PATH
     ap = argparse.ArgumentParser()
@@ -167,6 +497,11 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--no-chat", action="store_true")
     ap.add_argument("--dry-cpu", action="store_true", help="tiny shape on the CPU, eager loop: checks the script")
+    ap.add_argument("--kernels-only", action="store_true",
+                    help="only the NF4 kernel comparison, on random weights of every Magistral linear shape")
+    ap.add_argument("--fast-only", action="store_true",
+                    help="skip the reload / full-hash / plain-generate stages (measured before, unchanged here)")
+    ap.add_argument("--no-kernel-bench", action="store_true")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gpu_chat.json"))
     ap.add_argument("--work", default=os.environ.get("BENCH_DIR") or os.path.join(tempfile.gettempdir(), "gpuchat"))
     args = ap.parse_args()
@@ -205,6 +540,15 @@ def main() -> None:
         pass
     st = os.statvfs(work)
     log("disk_free_gb", round(st.f_bavail * st.f_frsize / 1e9, 1))
+    from magistral_kit.model import nf4_kernel as nk
+
+    if args.kernels_only:
+        t = time.perf_counter()
+        lins = random_linears(scale_bytes=1.2e8 if args.quick else 4e8)
+        log("t_random_linears_s", round(time.perf_counter() - t, 1))
+        log("kernels", kernel_bench(lins, quick=args.quick))
+        log("done", True)
+        return
 
     # 1. bf16 checkpoint --------------------------------------------------------------------------------------
     src = work / "magistral-random"
@@ -230,6 +574,8 @@ def main() -> None:
 
     # 3. pre-quantized checkpoint: save once, reload (median of 3) -------------------------------------------
     q4 = work / "nf4"
+    if args.fast_only:
+        return fast_stages(args, lm.model, cfg, work, runs, new_dec, [])
     t = time.perf_counter()
     ck.save_nf4(lm.model, q4, source=None)
     log("t_save_nf4_with_hashes_s", round(time.perf_counter() - t, 1))
@@ -265,6 +611,28 @@ def main() -> None:
         log(f"plain_{label}_decode_tok_per_s", med([r["decode_tok_per_s"] for r in rs], 2))
         log(f"plain_{label}_gpu_peak_gib", peak())
 
+    fast_stages(args, model, cfg, work, runs, new_dec, eos, p1k, p8k)
+
+
+def fast_stages(args: Any, model: Any, cfg: Any, work: Path, runs: int, new_dec: int, eos: list[int],
+                p1k: torch.Tensor | None = None, p8k: torch.Tensor | None = None) -> None:
+    """Kernel comparison on the model's own weights, fast decode paths, bitsandbytes reference, profile, chat."""
+    from magistral_kit.model import fast_decode as fd
+    from magistral_kit.model import nf4_kernel as nk
+
+    p1k = random_prompt(1024, 1) if p1k is None else p1k
+    p8k = random_prompt(8000, 2) if p8k is None else p8k
+    if DEV == "cuda" and not args.no_kernel_bench:
+        try:
+            kb = kernel_bench(model_linears(model), quick=args.quick)
+            log("kernels", kb)
+            nk.DEFAULT_SPLITS = nk.DecodeSplits(**{k_: tuple(v_) for k_, v_ in kb["splits_best"].items()})
+        except Exception as exc:
+            import traceback
+
+            log("kernels_error", f"{type(exc).__name__}: {str(exc)[:300]} | {traceback.format_exc()[-800:]}")
+    log("decode_splits_used", dict(nk.DEFAULT_SPLITS.__dict__))
+
     # 5. fast paths ----------------------------------------------------------------------------------------------
     variants = [("graph", False)] + ([] if args.no_compile else [("compiled", True)])
     for name, comp in variants:
@@ -296,9 +664,37 @@ def main() -> None:
                                               compile=comp, mode=MODE, temperature=0.7, top_p=0.95, seed=0)
                     log(f"{key}_sampling_t0.7_p0.95_tok_per_s", round(sample.decode_tok_per_s, 2))
                 log(f"{key}_gpu_peak_gib", peak())
+                if cache == 8192 and name == "graph" and DEV == "cuda":
+                    log("profile_graph_8k", profile_step(model, cache))
             except Exception as exc:  # record, keep measuring the rest
-                log(f"{key}_error", f"{type(exc).__name__}: {str(exc)[:400]}")
+                import traceback
+
+                log(f"{key}_error", f"{type(exc).__name__}: {str(exc)[:400]} | {traceback.format_exc()[-1200:]}")
     fd.release_runner(model)
+
+    # 5b. the same loop with bitsandbytes' kernels (the reference the kit kernels replace) ----------------------
+    if DEV == "cuda":
+        os.environ[nk.ENV_DISABLE] = "0"
+        try:
+            for name, comp in [("bnb_graph", False)]:
+                key = f"{name}_8k"
+                fd.release_runner(model)
+                reset_peak()
+                first = fd.fast_generate(model, p1k, max_new_tokens=new_dec, eos_token_ids=eos, cache_steps=(8192,),
+                                         compile=comp, mode=MODE, return_logits=True)
+                log(f"{key}_first_call", first.as_dict())
+                log(f"{key}_check_vs_eager_forward", check_against_forward(model, p1k, first))
+                rs = [fd.fast_generate(model, random_prompt(1024, 10 + i), max_new_tokens=new_dec, eos_token_ids=eos,
+                                       cache_steps=(8192,), compile=comp, mode=MODE) for i in range(runs)]
+                log(f"{key}_decode_tok_per_s_runs", [round(r.decode_tok_per_s, 2) for r in rs])
+                log(f"{key}_decode_tok_per_s", med([r.decode_tok_per_s for r in rs], 2))
+                log(f"{key}_gpu_peak_gib", peak())
+                log("profile_bnb_graph_8k", profile_step(model, 8192))
+        except Exception as exc:
+            log("bnb_graph_8k_error", f"{type(exc).__name__}: {str(exc)[:400]}")
+        finally:
+            os.environ.pop(nk.ENV_DISABLE, None)
+            fd.release_runner(model)
 
     # 6. a memory-chat turn through open_chat -------------------------------------------------------------------
     if not args.no_chat:

@@ -13,6 +13,10 @@ device, which is what CI checks against plain generate on a tiny random Mistral.
 
 Where the fast loop cannot run (CPU in 'auto' mode, another model shape, a prompt longer than the largest
 step, padding) ``fast_generate`` falls back to ``model.generate`` and records why in ``FastResult.reason``.
+
+On CUDA, the decode step of an NF4 model runs through the kit's own Triton kernels (``nf4_kernel.py``: NF4
+matrix-vector products on bitsandbytes' packed weights, fused norm/rotary/attention); prefill and any model
+those kernels decline stay on bitsandbytes, and ``FastResult.kernel_reason`` says why.
 """
 from __future__ import annotations
 
@@ -118,8 +122,10 @@ class FastResult:
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     capture_seconds: float = 0.0  # one-time cost paid by this call (0 when the runner was reused)
-    compile_seconds: float = 0.0
+    compile_seconds: float = 0.0  # torch.compile and/or the first (JIT-compiling) call of the kit's kernels
     reused_runner: bool = False
+    kernel: str = ""  # what ran the decode step's linears: "kit-nf4" or "bitsandbytes"
+    kernel_reason: str = ""  # why the kit's NF4 kernels were not used ("" when they were)
     logits: list[torch.Tensor] = field(default_factory=list, repr=False)  # per step, only if asked (tests)
 
     @property
@@ -138,6 +144,7 @@ class FastResult:
             "prefill_seconds": round(self.prefill_seconds, 4), "decode_seconds": round(self.decode_seconds, 4),
             "decode_tok_per_s": round(self.decode_tok_per_s, 2), "capture_seconds": round(self.capture_seconds, 3),
             "compile_seconds": round(self.compile_seconds, 3), "reused_runner": self.reused_runner,
+            "kernel": self.kernel, "kernel_reason": self.kernel_reason,
         }
 
 
@@ -250,6 +257,7 @@ class DecodeRunner:
         self.pos = torch.zeros((1,), dtype=torch.long, device=self.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_logits: torch.Tensor | None = None
+        self.kit, self.kit_reason = _kit_decoder(model, self.device)
         self.step_fn: Callable[[], torch.Tensor] = self._step
         if self.compile:
             self.step_fn = torch.compile(self._step, mode="default", dynamic=False)
@@ -257,6 +265,8 @@ class DecodeRunner:
 
     def _step(self) -> torch.Tensor:
         """One decode step at ``self.pos`` for token ``self.ids``: writes K/V there, returns float32 logits [1, V]."""
+        if self.kit is not None:
+            return self.kit.step(self.ids, self.pos, self.cache)
         out = self.model(
             input_ids=self.ids, position_ids=self.pos.view(1, 1), cache_position=self.pos,
             past_key_values=self.cache, use_cache=True, logits_to_keep=1)
@@ -288,9 +298,9 @@ class DecodeRunner:
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             t = time.perf_counter()
-            self.step_fn()  # compiles here when compile=True
+            self.step_fn()  # compiles here when compile=True; the kit's Triton kernels compile on first use
             torch.cuda.synchronize(self.device)
-            if self.compile:
+            if self.compile or self.kit is not None:
                 compile_s = time.perf_counter() - t
             for _ in range(2):
                 self.step_fn()
@@ -319,6 +329,17 @@ class DecodeRunner:
 
 
 _RUNNER_ATTR = "_kit_decode_runner"  # kept on the model itself, so it lives and dies with the model
+
+
+def _kit_decoder(model: torch.nn.Module, device: torch.device) -> tuple[Any, str]:
+    """The kit's NF4 decode step for this model (CUDA only), or (None, why bitsandbytes decodes instead)."""
+    if device.type != "cuda":
+        return None, f"the kit's NF4 kernels run on CUDA (model is on {device.type})"
+    try:
+        from magistral_kit.model.nf4_kernel import prepare_decode
+    except Exception as exc:  # an import failure must not cost the fast loop itself
+        return None, f"nf4_kernel not importable: {type(exc).__name__}: {exc}"
+    return prepare_decode(model)
 
 
 def release_runner(model: torch.nn.Module) -> None:
@@ -429,7 +450,9 @@ def fast_generate(
     with torch.inference_mode(), _KitAttention(model):
         runner, reused = _runner_for(model, n_prompt + max_new_tokens, steps, use_graph, compile)
         res = FastResult(ids=[], path=("compiled" if runner.compile else "graph") if use_graph else "eager",
-                         prompt_tokens=n_prompt, cache_len=runner.cache_len, reused_runner=reused)
+                         prompt_tokens=n_prompt, cache_len=runner.cache_len, reused_runner=reused,
+                         kernel="kit-nf4" if runner.kit is not None else "bitsandbytes",
+                         kernel_reason=runner.kit_reason)
         sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
         sync()
         t = time.perf_counter()

@@ -180,7 +180,10 @@ def _fast_decode(lm: Any, input_ids: Any, attention_mask: Any, limit: int, sampl
             f"{res.decode_tok_per_s:.1f} tok/s")
     if res.capture_seconds or res.compile_seconds:
         note += f"; one-time capture {res.capture_seconds:.1f} s, compile {res.compile_seconds:.1f} s"
-    return res.ids, res.path, [note], cache_full
+    notes = [note]
+    if res.kernel_reason:
+        notes.append(f"NF4 decode kernel not used ({res.kernel or 'bitsandbytes'} decodes): {res.kernel_reason}")
+    return res.ids, res.path, notes, cache_full
 
 
 class _TextCallbackStreamer:
