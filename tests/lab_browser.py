@@ -199,8 +199,13 @@ def _wait_all_ran(page: Any, timeout_ms: int) -> None:
         """() => { const nb = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
                    const prompts = [...nb.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];
                    const ind = nb.querySelector('.jp-Notebook-ExecutionIndicator');
-                   return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent))
-                          && ind && ind.getAttribute('data-status') === 'idle'; }""",
+                   const idle = ind && ind.getAttribute('data-status') === 'idle';
+                   const running = prompts.some(p => p.textContent.includes('*'));
+                   // an error stops Run All: the cells after it keep an empty prompt
+                   const failed = nb.querySelector('.jp-OutputArea-output[data-mime-type='
+                                                   + '"application/vnd.jupyter.stderr"]') !== null;
+                   return prompts.length > 0 && idle && !running
+                          && (failed || prompts.every(p => /\\[\\d+\\]/.test(p.textContent))); }""",
         timeout=timeout_ms, polling=1000)
 
 
@@ -238,12 +243,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", action="store_true", help="run all cells before the screenshots")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "tmp" / "browser")
     parser.add_argument("--timeout", type=int, default=600, help="seconds for running one notebook")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=JSON",
+                        help="a parameter to inject as papermill would, e.g. --param 'LOCOMO=\"/data/locomo\"'")
     args = parser.parse_args(argv)
     work = args.out / f"lab-{args.theme}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    params = {k: json.loads(v) for k, v in (p.split("=", 1) for p in args.param)}
     for nb in args.notebooks:
-        shutil.copy(nb, work / nb.name)
+        if params:  # injected as papermill would (an "injected-parameters" cell after "parameters")
+            import nbformat
+            from papermill.iorw import load_notebook_node
+            from papermill.parameterize import parameterize_notebook
+
+            nbformat.write(parameterize_notebook(load_notebook_node(str(nb)), params, kernel_name="python3",
+                                                 language="python"), work / nb.name)
+        else:
+            shutil.copy(nb, work / nb.name)
     with lab_server(work, theme=args.theme) as lab, browser_page(args.out / f"profile-{args.theme}") as page:
         for nb in args.notebooks:
             open_notebook(page, lab, nb.name)
