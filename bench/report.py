@@ -45,6 +45,7 @@ TABLES: dict[str, tuple[str, str, str]] = {
     "soak": ("bench/soak.py", "markdown_table", "soak_200.json"),
     "locomo": ("bench/locomo_recall.py", "markdown_table", "locomo_raw.json"),
     "locomo_ablation": ("bench/locomo_recall.py", "ablation_table", "locomo_ablation.json"),
+    "memory_scale": ("bench/memory_scale.py", "markdown_table", "memory_scale.json"),
     "gpu_h200": ("bench/gpu_chat.py", "h200_table", "gpu_chat_h200.json"),
     "gpu_summary": ("bench/gpu_chat.py", "markdown_table", "gpu_chat_h100.json"),
     "gpu_decode": ("bench/gpu_chat.py", "decode_table", "gpu_chat_h100.json"),

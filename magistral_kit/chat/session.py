@@ -162,7 +162,8 @@ def open_chat(config: KitConfig | None = None, progress: bool = True) -> Chat:
     config = config or KitConfig()
     configure_logging(config)
     lm = load_model(config, progress=progress)
-    memory = open_memory(config.cube_path, embedder=config.embedder, retrieval=_retrieval_options(config))
+    memory = open_memory(config.cube_path, embedder=config.embedder, retrieval=_retrieval_options(config),
+                         index=config.qdrant_url or None)
     return Chat(config, lm, memory)
 
 
