@@ -42,9 +42,13 @@ if TYPE_CHECKING:
 __all__ = ["Memory", "Hit", "open_memory", "reembed", "restore_previous", "CubeError", "CubeLockedError",
            "CubeFormatError", "DimensionMismatchError", "CubeCorruptError", "ReadOnlyCubeError"]
 
-KINDS = ("extracted", "raw", "manual", "ingested")
+# "episodic": a user message stored verbatim (it states something); "episodic-question": a user message with no
+# fact (question, greeting, chit-chat), left out of default search; "extracted": derived from an episodic one.
+KINDS = ("episodic", "episodic-question", "extracted", "manual", "ingested")
+DEFAULT_SEARCH_KINDS = tuple(k for k in KINDS if k != "episodic-question")
+_LEGACY_KINDS = {"raw": "episodic"}  # cubes written before the episodic kinds
 COLLECTION = "memories"
-_MEMOS_SOURCE = {"extracted": "conversation", "raw": "conversation", "ingested": "file", "manual": None}
+_MEMOS_SOURCE = {"extracted": "conversation", "episodic": "conversation", "episodic-question": "conversation", "ingested": "file", "manual": None}
 _OPEN: dict[Path, "Memory"] = {}
 _OPEN_LOCK = threading.Lock()
 _UPSERT_BATCH = 1000
@@ -80,7 +84,14 @@ class Hit:
 
 
 def _hit(rec: dict[str, Any], score: float) -> Hit:
-    return Hit(rec["id"], rec["text"], score, list(rec["source"]), rec["kind"], rec["created"], dict(rec["meta"]))
+    kind = _LEGACY_KINDS.get(rec["kind"], rec["kind"])
+    return Hit(rec["id"], rec["text"], score, list(rec["source"]), kind, rec["created"], dict(rec["meta"]))
+
+
+def _searchable(rec: dict[str, Any], kinds: tuple[str, ...], include_archived: bool) -> bool:
+    if _LEGACY_KINDS.get(rec["kind"], rec["kind"]) not in kinds:
+        return False
+    return include_archived or rec["meta"].get("status") != "archived"
 
 
 class Memory:
@@ -307,19 +318,29 @@ class Memory:
                 f"Fix: write through the chat that holds it, or close that and open_memory(path).")
 
     # --- reading ---------------------------------------------------------------------------------------
-    def search(self, query: str, top_k: int = 5) -> list[Hit]:
-        """The top_k memories nearest to `query`, best first, with cosine (or fused) scores and provenance."""
+    def search(self, query: str, top_k: int = 5, *, kinds: Iterable[str] | None = None,
+               include_archived: bool = False) -> list[Hit]:
+        """The top_k memories nearest to `query`, best first, with cosine (or fused) scores and provenance.
+
+        `kinds=None` searches every kind but "episodic-question"; archived memories (meta status "archived",
+        superseded by a newer one) are left out unless `include_archived=True`.
+        """
+        kinds = DEFAULT_SEARCH_KINDS if kinds is None else tuple(kinds)
+        unknown = set(kinds) - set(KINDS)
+        if unknown:
+            raise ValueError(f"search(kinds=...): {sorted(unknown)} not among {KINDS}")
         with self._lock:
             self._check_open()
             if top_k <= 0 or not self._records:
                 return []
+            excluded = sum(not _searchable(r, kinds, include_archived) for r in self._records.values())
             opts = self.retrieval
             if opts is None:
-                qtext, n = query, top_k
+                qtext, n = query, top_k + excluded
             else:
                 from magistral_kit.memory.retrieval import candidate_count, query_text
 
-                qtext, n = query_text(query, opts), candidate_count(top_k, opts)
+                qtext, n = query_text(query, opts), candidate_count(top_k, opts) + excluded
             vec = self.embedder.encode([qtext])[0]
             vecdb = self._text_mem.vector_db
             with one_blas_thread():
@@ -328,8 +349,10 @@ class Memory:
             if opts is not None:
                 from magistral_kit.memory.retrieval import rerank
 
-                pairs = rerank(query, pairs, top_k, opts, self._lexical)
-            return [_hit(self._records[i], s) for i, s in pairs[:top_k] if i in self._records]
+                pairs = rerank(query, pairs, top_k + excluded, opts, self._lexical)
+            hits = [_hit(self._records[i], s) for i, s in pairs if i in self._records
+                    and _searchable(self._records[i], kinds, include_archived)]
+            return hits[:top_k]
 
     def get(self, id: str) -> Hit:
         """One memory by id (score NaN)."""
@@ -351,12 +374,13 @@ class Memory:
             self._check_open()
             rows = []
             for rec in sorted(self._records.values(), key=lambda r: (r["created"], r["seq"])):
-                row = {"id": rec["id"], "text": rec["text"], "kind": rec["kind"], "source": list(rec["source"]),
-                       "created": rec["created"], "updated": rec["updated"]}
+                row = {"id": rec["id"], "text": rec["text"], "kind": _LEGACY_KINDS.get(rec["kind"], rec["kind"]),
+                       "source": list(rec["source"]), "created": rec["created"], "updated": rec["updated"],
+                       "status": rec["meta"].get("status", "activated")}
                 for k, v in rec["meta"].items():
                     row[k if k not in row else f"meta.{k}"] = v
                 rows.append(row)
-        base = ["id", "text", "kind", "source", "created", "updated"]
+        base = ["id", "text", "kind", "source", "created", "updated", "status"]
         return pd.DataFrame(rows, columns=None if rows else base)
 
     def vectors(self) -> tuple[list[str], np.ndarray]:
@@ -402,13 +426,25 @@ class Memory:
             self._embed_records(recs)
             self._commit("add", recs)
 
-    def update(self, id: str, text: str) -> None:
-        """Replace a memory's text (re-embedded); provenance and creation time stay, `updated` is set."""
+    def update(self, id: str, text: str | None = None, *, meta: dict | None = None) -> None:
+        """Replace a memory's text (re-embedded) and/or merge `meta` into its metadata (e.g. status
+        "archived"); provenance and creation time stay, `updated` is set."""
         with self._lock:
             self._check_writable()
-            _check_text(text, 0)
-            rec = {**self._need(id), "text": text, "updated": durable.now_iso(), "seq": self._seq + 1}
-            self._embed_records([rec])
+            old = self._need(id)
+            if text is not None:
+                _check_text(text, 0)
+            merged = {**old["meta"], **(meta or {})}
+            try:
+                json.dumps(merged)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"update(meta=...) must be JSON-serialisable ({exc})") from None
+            rec = {**old, "text": old["text"] if text is None else text, "meta": merged,
+                   "updated": durable.now_iso(), "seq": self._seq + 1}
+            if text is None:
+                rec["vector"] = old["vector"]
+            else:
+                self._embed_records([rec])
             self._commit("update", [rec])
 
     def delete(self, id: str) -> None:
@@ -565,6 +601,7 @@ def _new_record(item: dict, now: str, seq: int, n: int) -> dict[str, Any]:
         raise ValueError(f"item {n}: unknown keys {sorted(unknown)}; allowed: text, source, kind, meta")
     _check_text(item.get("text"), n)
     kind = item.get("kind", "manual")
+    kind = _LEGACY_KINDS.get(kind, kind)
     if kind not in KINDS:
         raise ValueError(f"item {n}: kind {kind!r} is not one of {KINDS}")
     source = item.get("source", ())
