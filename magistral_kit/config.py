@@ -80,7 +80,14 @@ class KitConfig(BaseModel):
         "sentence-transformers folder")
     extract: bool = _field(True, "memory", "run MemOS extraction after each turn")
     extraction_max_new_tokens: int = _field(
-        256, "memory", "cap on the extractor's output, so a weak model cannot spend minutes", ge=16)
+        160, "memory", "cap on the extractor's output; the extraction schema's length bounds fit in it", ge=16)
+    extraction_constrained: bool = _field(
+        True, "memory", "decode the extractor's output constrained to the extraction JSON schema")
+    extraction_backend: Literal["xgrammar", "lm-format-enforcer"] = _field(
+        "xgrammar", "memory", "constrained-decoding library (bench/constrained_decoding.py compares them)")
+    supersede_min_score: float = _field(
+        0.45, "memory", "cosine above which a newer message in the same first-person frame archives an older "
+        "one ('I live in Lisbon' → 'I live in Porto now')", ge=0.0, le=1.0)
     # --- retrieval -----------------------------------------------------------------------------------
     # Defaults = the best setting measured on LoCoMo conversations 26/30/41/42/43 (bench/locomo_recall.py).
     retrieval_speaker_in_text: bool = _field(

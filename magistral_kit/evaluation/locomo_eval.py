@@ -103,11 +103,10 @@ def extract_items(conv: Conversation, llm: LLM, encode: Callable[[list[str]], np
     items: list[dict[str, Any]] = []
     started = time.perf_counter()
     for s, turns in _bar(conv.sessions.items(), progress, f"extract {conv.sample_id}", len(conv.sessions)):
-        result = extract(session_messages(conv, turns), llm, max_new_tokens)
+        # the session's lines are the source the items must be grounded in (extraction.extract)
+        result = extract("\n".join(turn_line(t) for t in turns), llm, max_new_tokens)
         stats.sessions += 1
         stats.paths[result.path] = stats.paths.get(result.path, 0) + 1
-        if result.path == "raw":  # extraction's fallback = the last user message verbatim: not extraction
-            continue
         texts = [i.text for i in result.items]
         for item, source in zip(result.items, align_sources(texts, turns, encode)):
             stats.unaligned += not source
