@@ -86,8 +86,11 @@ class KitConfig(BaseModel):
     extraction_backend: Literal["xgrammar", "lm-format-enforcer"] = _field(
         "xgrammar", "memory", "constrained-decoding library (bench/constrained_decoding.py compares them)")
     supersede_min_score: float = _field(
-        0.45, "memory", "cosine above which a newer message in the same first-person frame archives an older "
+        0.35, "memory", "score (cosine or fused) above which a newer message in the same first-person frame archives an older "
         "one ('I live in Lisbon' → 'I live in Porto now')", ge=0.0, le=1.0)
+    memory_placement: Literal["auto", "system", "user"] = _field(
+        "auto", "memory", "where retrieved memories sit in the prompt: 'system' list, or quoted before the "
+        "user's message; 'auto' = 'user' for chat-template models, 'system' for Magistral (tekken)")
     # --- retrieval -----------------------------------------------------------------------------------
     # Defaults = the best setting measured on LoCoMo conversations 26/30/41/42/43 (bench/locomo_recall.py).
     retrieval_speaker_in_text: bool = _field(

@@ -71,6 +71,20 @@ class Chat:
             turn.notes.append("extraction off: the message is stored verbatim only")
         return self._finish(turn)
 
+    def remember(self, text: str) -> Turn:
+        """Store a user message as `send` would (verbatim, superseding, extraction) but generate no reply:
+        for feeding a past conversation into memory."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("remember() needs a non-empty message string")
+        if self.memory is None:
+            raise ValueError("remember() needs memory: this chat was opened with memory off")
+        turn = Turn(id=f"{self.session}-t{len(self.turns) + 1}", user=text)
+        turn.notes.append("remembered without a reply")
+        self._store_message(turn)
+        if self.config.extract:
+            self._extract_and_store(turn)
+        return self._finish(turn)
+
     def _finish(self, turn: Turn) -> Turn:
         turn.memory = memory_reading()
         self.turns.append(turn)
@@ -160,6 +174,9 @@ class Chat:
                 turn.problems.append(f"correction failed ({type(exc).__name__}: {exc}); memory unchanged")
         turn.correction = plan
         turn.message_kind = "correction"
+        if plan.new_text and plan.applied:
+            turn.episodic_id = plan.applied[-1]  # the corrected statement: "forget that" next refers to it
+            turn.stored_ids.append(plan.applied[-1])
         answer = ("Done. " if plan.applied else "") + plan.describe()
         turn.reply = Reply(answer=answer, thinking="", tokens_in=0, tokens_out=0, seconds=0.0, path="correction")
         if on_text:
