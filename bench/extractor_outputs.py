@@ -68,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--locomo", default=str(ROOT.parent.parent / "shared" / "locomo"))
     parser.add_argument("--per-conversation", type=int, default=35)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--skip", type=int, default=0, help="messages already collected (resume)")
+    parser.add_argument("--items-only", action="store_true",
+                        help="stop each output at its \"summary\" key (only the items are labelled); the "
+                             "output is then closed with an empty summary")
     args = parser.parse_args(argv)
     from magistral_kit.config import KitConfig
     from magistral_kit.memory.extraction import extraction_messages, schema
@@ -78,17 +82,21 @@ def main(argv: list[str] | None = None) -> int:
     locomo = Path(args.locomo) if args.locomo else None
     if locomo and not locomo.exists():
         locomo = Path("/work/shared/locomo")
-    msgs = messages(locomo, args.per_conversation)
+    msgs = messages(locomo, args.per_conversation)[args.skip:]
     lm = load_model(KitConfig(), progress=False)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
+    with open(out, "a" if args.skip else "w", encoding="utf-8") as f:
         for start in range(0, len(msgs), args.batch):
             chunk = msgs[start:start + args.batch]
             t = time.perf_counter()
-            res = generate_json_batch(lm, [extraction_messages(m) for _, m in chunk], schema(), args.max_new_tokens)
+            res = generate_json_batch(lm, [extraction_messages(m) for _, m in chunk], schema(), args.max_new_tokens,
+                                      stop_at='"summary"' if args.items_only else None)
             for (src, m), r in zip(chunk, res):
-                f.write(json.dumps({"source": src, "message": m, "output": r.text, "tokens_out": r.tokens_out,
+                text = r.text
+                if r.stopped == "stop_at":  # the items are complete; close the object MemOS's way
+                    text = text.rstrip().rstrip(",") + ', "summary": ""}'
+                f.write(json.dumps({"source": src, "message": m, "output": text, "tokens_out": r.tokens_out,
                                     "stopped": r.stopped}, ensure_ascii=False) + "\n")
             f.flush()
             print(f"{start + len(chunk)}/{len(msgs)} in {time.perf_counter() - t:.1f} s", flush=True)

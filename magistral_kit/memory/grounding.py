@@ -16,6 +16,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 MIN_CONTENT_SHARE = 0.75  # of the item's content words, the share that must occur in the user's message
+MIN_WORDS = 3  # fewer words state no fact ("19", "Lisbon")
 
 # Words that carry no fact of their own, plus the words the extraction rewrites "I" into.
 STOPWORDS = frozenset("""
@@ -28,6 +29,14 @@ user users user's person people someone their's s t d ll m re ve y o
 """.split())
 
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)?", re.U)
+# people the user talks about: "my sister Ana …" is not a fact about the user
+RELATIONS = frozenset("""
+friend friends sister sisters brother brothers mother mom mum father dad dads parents parent son sons daughter
+daughters wife husband partner boyfriend girlfriend boss manager colleague colleagues coworker neighbour
+neighbor cousin aunt uncle grandmother grandma grandfather grandpa grandparents kid kids child children baby
+family team teacher mentor roommate fiance fiancee nephew niece
+""".split())
+_USER_SUBJECT = re.compile(r"\b(the user|user's|users|i|i'm|my|me)\b", re.I)
 
 
 @dataclass
@@ -38,12 +47,18 @@ class Verdict:
     content_share: float
     missing_names: list[str] = field(default_factory=list)
     missing_words: list[str] = field(default_factory=list)
+    other_person: str | None = None  # the message is about this person, the item about the user
+    too_short: bool = False
 
     @property
     def reason(self) -> str:
         if self.grounded:
             return "grounded in the user's message"
         parts = []
+        if self.too_short:
+            parts.append("states no fact (a word or number alone)")
+        if self.other_person:
+            parts.append(f"says of the user what the message says of the user's {self.other_person}")
         if self.missing_names:
             parts.append("names/numbers the user did not say: " + ", ".join(self.missing_names[:6]))
         if self.missing_words:
@@ -94,6 +109,24 @@ def check(item: str, user_text: str) -> Verdict:
         if not found:
             missing.append(raw)
     share = 1.0 if not content else 1 - len(missing) / len(content)
-    has_substance = bool(content) or any(_fold(t) not in STOPWORDS for t in raw_tokens)
-    grounded = has_substance and not missing_names and share >= MIN_CONTENT_SHARE
-    return Verdict(grounded, share, missing_names, missing)
+    too_short = len(raw_tokens) < MIN_WORDS or not any(not w.isdigit() for w in content + [
+        _fold(t) for t in raw_tokens if _is_name(t, False)])
+    other = _other_person(item, raw_tokens, source_words, user_text)
+    grounded = not too_short and not missing_names and share >= MIN_CONTENT_SHARE and other is None
+    return Verdict(grounded, share, missing_names, missing, other, too_short)
+
+
+def _other_person(item: str, item_tokens: list[str], source_words: list[str], user_text: str) -> str | None:
+    """The relation ("sister") when the message is about someone the user knows but the item puts it on
+    the user ("The user moved to Lisbon" from "My friend Ana moved to Lisbon")."""
+    rel = next((w for prev, w in zip(source_words, source_words[1:]) if prev in ("my", "our") and w in RELATIONS),
+               None)
+    if rel is None or not _USER_SUBJECT.search(item):
+        return None
+    item_words = {_fold(t) for t in item_tokens}
+    raw = _WORD.findall(user_text)
+    # the person's name, when the message gives it right after the relation ("my friend Ana")
+    names = {_fold(b) for a, b in zip(raw, raw[1:]) if _fold(a) in RELATIONS and b[:1].isupper()}
+    if item_words & (RELATIONS | names):
+        return None
+    return rel
