@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-TABLE_COLUMNS = ["text", "kind", "source", "session", "created", "updated", "id"]
+TABLE_COLUMNS = ["text", "kind", "status", "source", "session", "created", "updated", "id"]
 
 
 def memory_table(memory: Any, newest: int | None = None) -> pd.DataFrame:
@@ -38,6 +38,19 @@ def kind_counts(memory: Any) -> pd.Series:
     """How many memories of each kind: a quick check of how often extraction fell back to raw."""
     items = memory.items()
     return items["kind"].value_counts() if len(items) else pd.Series(dtype=int, name="count")
+
+
+def history_table(memory: Any, id: str) -> pd.DataFrame:
+    """A memory and every older version it superseded, newest first (status, why, when): the update chain."""
+    from magistral_kit.memory.superseding import chain
+
+    rows = []
+    for hit in chain(memory, id):
+        why = next((h.get("update_type") for h in memory.get(id).meta.get("history", [])
+                    if h.get("archived_memory_id") == hit.id), None)
+        rows.append({"text": hit.text, "kind": hit.kind, "status": hit.meta.get("status", "activated"),
+                     "replaced_because": why or "", "created": hit.created, "id": hit.id})
+    return pd.DataFrame(rows, columns=["text", "kind", "status", "replaced_because", "created", "id"])
 
 
 def search_table(memory: Any, query: str, top_k: int = 5) -> pd.DataFrame:
