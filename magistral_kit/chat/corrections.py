@@ -74,8 +74,9 @@ def parse(text: str) -> Correction | None:
     return None
 
 
-def plan(memory: Any, correction: Correction, previous: Any | None, min_score: float = 0.3) -> CorrectionPlan:
-    """Find the memory the correction is about. `previous` is the chat's previous `Turn` (or None)."""
+def plan(memory: Any, correction: Correction, previous: Any, min_score: float = 0.3) -> CorrectionPlan:
+    """Find the memory the correction is about. `previous`: the chat's earlier `Turn`s, oldest first (or
+    one `Turn`, or None); the latest one that stated a fact or was answered from memory is meant."""
     p = CorrectionPlan(correction)
     target = None
     if correction.action == "forget" and correction.text:
@@ -83,7 +84,8 @@ def plan(memory: Any, correction: Correction, previous: Any | None, min_score: f
         if hits and hits[0].score >= min_score:
             target = hits[0]
     elif previous is not None:
-        target = _previous_target(memory, previous)
+        turns = previous if isinstance(previous, (list, tuple)) else [previous]
+        target = next((t for t in (_previous_target(memory, turn) for turn in reversed(turns)) if t), None)
     if target is None:
         p.problem = ("no memory matches" + (f" {correction.text!r}" if correction.action == "forget" else
                                             " the previous turn") + ". Fix: say what to forget, e.g. "
@@ -128,10 +130,12 @@ def corrected_text(old: str, new: str) -> str:
 
 
 def _previous_target(memory: Any, previous: Any) -> Any | None:
-    if getattr(previous, "message_kind", None) == "episodic-question" and previous.retrieved:
-        return _fresh(memory, previous.retrieved[0].id)
+    kind = getattr(previous, "message_kind", None)
+    if kind == "episodic-question":
+        return _fresh(memory, previous.retrieved[0].id) if previous.retrieved else None
     if getattr(previous, "episodic_id", None):
-        return _fresh(memory, previous.episodic_id)
+        hit = _fresh(memory, previous.episodic_id)
+        return hit if hit is not None and hit.meta.get("status") != "archived" else None
     return None
 
 

@@ -167,7 +167,7 @@ class Chat:
         if correction is None:
             return False
         with turn.timings.step("correct"):
-            plan = corrections.plan(self.memory, correction, self.turns[-1] if self.turns else None)
+            plan = corrections.plan(self.memory, correction, self.turns)
             try:
                 corrections.apply(self.memory, plan, source=[turn.id], meta=self._provenance(turn))
             except Exception as exc:
@@ -191,7 +191,7 @@ class Chat:
         correction = corrections.parse(text)
         if correction is None or self.memory is None:
             return None
-        return corrections.plan(self.memory, correction, self.turns[-1] if self.turns else None)
+        return corrections.plan(self.memory, correction, self.turns)
 
     def extractor_llm(self, messages: list[dict], max_new_tokens: int) -> str:
         """The shared model as the extractor: messages in (the model's own chat format, tekken included),
