@@ -206,7 +206,7 @@ def test_raw_ingestion_through_the_memory_layer(tmp_path):
         items = mem.items()
         assert sorted(s for src in items["source"] for s in src) == sorted(t.dia_id for t in conv.turns)
         hit = mem.search("Where did Maria move to?", 1)[0]
-        assert hit.source == ["D1:1"] and hit.kind == "raw"
+        assert hit.source == ["D1:1"] and hit.kind == "episodic"
         assert hit.meta["speaker"] == "Ana" and hit.meta["date"] == "1:00 pm on 8 May, 2023"
         assert hit.text == conv.turns[0].text
         rows = le.evaluate(conv, mem, progress=False)

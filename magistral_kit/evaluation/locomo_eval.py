@@ -52,7 +52,7 @@ def raw_items(conv: Conversation, context_turns: int = 0) -> list[dict[str, Any]
         if context_turns:
             before = [u for u in conv.turns[max(0, i - context_turns):i] if u.session == t.session]
             meta["context"] = [turn_line(u) for u in before]
-        items.append({"text": t.text, "source": [t.dia_id], "kind": "raw", "meta": meta})
+        items.append({"text": t.text, "source": [t.dia_id], "kind": "episodic", "meta": meta})
     return items
 
 
