@@ -90,6 +90,7 @@ class ExtractStats:
     sessions: int = 0
     memories: int = 0
     unaligned: int = 0
+    rejected: int = 0  # items not grounded in the session's lines (memory.grounding)
     paths: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -107,6 +108,7 @@ def extract_items(conv: Conversation, llm: LLM, encode: Callable[[list[str]], np
         result = extract("\n".join(turn_line(t) for t in turns), llm, max_new_tokens)
         stats.sessions += 1
         stats.paths[result.path] = stats.paths.get(result.path, 0) + 1
+        stats.rejected += len(result.rejected)
         texts = [i.text for i in result.items]
         for item, source in zip(result.items, align_sources(texts, turns, encode)):
             stats.unaligned += not source
