@@ -26,6 +26,10 @@ could may might must i me my mine myself you your yours we our ours us he him hi
 them their theirs this that these those there here what which who whom whose when where why how not no nor
 very just also too than now still yet all any some each every both more most other such only own same
 user users user's person people someone their's s t d ll m re ve y o
+el la los las un una unos unas de del al y o que en con por para su sus mi mis es son usuario usuaria
+le les une des du et ou en au aux avec pour sur son sa ses mon ma mes est sont utilisateur utilisatrice
+der die das den dem des ein eine einen einem und oder mit von zu im am ist sind sein seine mein meine nutzer
+il lo gli uno di da con per e utente o os um uma do da dos das no na com seu sua meu minha
 """.split())
 
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)?", re.U)
