@@ -103,3 +103,40 @@ def test_corrections_forget_and_replace(chat):
     nothing = chat.preview_correction("Forget that")  # bare: the previous turn's memory
     assert nothing.targets and nothing.targets[0].id == fix.correction.applied[-1]
     assert len(chat.memory) == before
+
+
+def test_corrections_from_the_panel(chat):
+    from magistral_kit.notebook import panel as ui
+
+    chat.extractor_llm = lambda m, n: '{"memory list": [], "summary": ""}'
+    panel = ui.chat_panel(chat)
+    panel.widget()
+    chat.remember("My gym locker code is 4719.")
+    panel._w["input"].value = "That's wrong, it's 5820."
+    panel._w["button"].click()
+    assert panel.error is None
+    assert "memory correction (applied)" in panel._w["diagnostics"].value
+    assert "5820" in panel._w["diagnostics"].value
+    assert "5820" in chat.memory.search("What is my locker code?", top_k=1)[0].text
+
+
+def test_unconstrained_extractor_gets_room_for_a_reasoning_trace(tiny_mistral_dir, tmp_path, monkeypatch):
+    from magistral_kit.chat import session
+
+    seen = []
+    real = session.generate_reply
+
+    def spy(lm, messages, config, max_new_tokens=None, on_text=None):
+        seen.append((messages, max_new_tokens))
+        return real(lm, messages, config, max_new_tokens=4, on_text=on_text)
+
+    config = KitConfig(model=str(tiny_mistral_dir), quantization="none", device="cpu", temperature=0.0,
+                       max_new_tokens=4096, extraction_constrained=False, extraction_max_new_tokens=64,
+                       cube_dir=str(tmp_path / "cube"))
+    with open_chat(config, progress=False) as c:
+        monkeypatch.setattr(session, "generate_reply", spy)
+        turn = c.remember("My sister Ana lives in Lisbon.")
+    (messages, cap), = seen
+    assert cap == 2048  # a tekken (Magistral) model reasons before its JSON: more than the 64-token cap
+    assert messages[0]["role"] == "system" and "Ana" in messages[-1]["content"]
+    assert turn.extraction.path in ("invalid", "empty", "json")
