@@ -74,17 +74,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--placement", action="append", choices=["system", "user"])
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--extract", action="store_true")
+    parser.add_argument("--conversations", default="", help="comma-separated ids (default: all)")
     parser.add_argument("--data", default=str(ROOT / "tests/data/multisession.json"))
     parser.add_argument("--out", default="bench/results/answer_use.json")
     args = parser.parse_args(argv)
     from magistral_kit.diagnostics import machine_info
 
     data = json.loads(Path(args.data).read_text())
+    if args.conversations:
+        keep = set(args.conversations.split(","))
+        data["conversations"] = [c for c in data["conversations"] if c["id"] in keep]
     start = time.perf_counter()
     results = [run(p, args.model, args.max_new_tokens, args.extract, data) for p in (args.placement or
                                                                                     ["system", "user"])]
     out = {"model": args.model, "max_new_tokens": args.max_new_tokens, "extract": args.extract,
-           "data": Path(args.data).name, "results": results, "seconds": time.perf_counter() - start,
+           "data": Path(args.data).name, "conversations": [c["id"] for c in data["conversations"]],
+           "results": results, "seconds": time.perf_counter() - start,
            "machine": machine_info()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1, ensure_ascii=False))
