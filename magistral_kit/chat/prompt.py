@@ -74,13 +74,14 @@ USER_MEMORY_HEADER = "Things I told you before:"
 
 
 def memory_placement(config: KitConfig, lm: Any) -> str:
-    """'system' (a list in the system prompt) or 'user' (quoted just before the message). 'auto': 'user' for
-    small chat-template models, which lose a system-prompt list under their own persona; 'system' for
-    Magistral (tekken), whose own SYSTEM_PROMPT.txt expects context there."""
+    """'system' (a list in the system prompt) or 'user' (quoted just before the message, in the user's
+    voice). 'auto' = 'system' for every family for now: on the embedded model bench/answer_use.py measured
+    no gain from 'user' (bench/results/answer_use*.json), and Magistral's SYSTEM_PROMPT.txt expects context
+    in the system prompt; the choice stays per family here so a measured gain can change one family."""
     choice = getattr(config, "memory_placement", "auto")
     if choice != "auto":
         return choice
-    return "system" if getattr(lm, "tokenizer_kind", "hf") == "tekken" else "user"
+    return "system" if getattr(lm, "tokenizer_kind", "hf") == "tekken" else "system"
 
 
 def user_message_with_memories(user_text: str, memories: Sequence[Any]) -> str:
