@@ -90,7 +90,7 @@ class KitConfig(BaseModel):
         "one ('I live in Lisbon' → 'I live in Porto now')", ge=0.0, le=1.0)
     memory_placement: Literal["auto", "system", "user"] = _field(
         "auto", "memory", "where retrieved memories sit in the prompt: 'system' list, or quoted before the "
-        "user's message; 'auto' = 'system' (no measured gain from 'user' yet: bench/answer_use.py)")
+        "user's message; 'auto' = 'user' for HF chat models, 'system' for Magistral (tekken); bench/answer_use.py")
     # --- retrieval -----------------------------------------------------------------------------------
     # Defaults = the best setting measured on LoCoMo conversations 26/30/41/42/43 (bench/locomo_recall.py).
     retrieval_speaker_in_text: bool = _field(

@@ -75,13 +75,13 @@ USER_MEMORY_HEADER = "Things I told you before:"
 
 def memory_placement(config: KitConfig, lm: Any) -> str:
     """'system' (a list in the system prompt) or 'user' (quoted just before the message, in the user's
-    voice). 'auto' = 'system' for every family for now: on the embedded model bench/answer_use.py measured
-    no gain from 'user' (bench/results/answer_use*.json), and Magistral's SYSTEM_PROMPT.txt expects context
-    in the system prompt; the choice stays per family here so a measured gain can change one family."""
+    voice). 'auto': 'user' for chat-template (HF) models — on the embedded model it answered from memory at
+    least as often as 'system' (bench/results/answer_use*.json) — and 'system' for Magistral (tekken, every
+    version), whose SYSTEM_PROMPT.txt expects context there and which has not been measured yet."""
     choice = getattr(config, "memory_placement", "auto")
     if choice != "auto":
         return choice
-    return "system"  # per family (lm.tokenizer_kind, tekken version) once a measurement favours another
+    return "system" if getattr(lm, "tokenizer_kind", "hf") == "tekken" else "user"
 
 
 def user_message_with_memories(user_text: str, memories: Sequence[Any]) -> str:
