@@ -15,7 +15,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-MIN_CONTENT_SHARE = 0.75  # of the item's content words, the share that must occur in the user's message
+MIN_CONTENT_SHARE = 0.85  # of the item's content words, the share that must occur in the user's message
 MIN_WORDS = 3  # fewer words state no fact ("19", "Lisbon")
 
 # Words that carry no fact of their own, plus the words the extraction rewrites "I" into.
@@ -60,7 +60,7 @@ class Verdict:
             return "grounded in the user's message"
         parts = []
         if self.too_short:
-            parts.append("states no fact (a word or number alone)")
+            parts.append("states no fact (a word or number alone, or cut mid-claim)")
         if self.other_person:
             parts.append(f"says of the user what the message says of the user's {self.other_person}")
         if self.missing_names:
@@ -97,6 +97,7 @@ def check(item: str, user_text: str) -> Verdict:
     """Grounding verdict for `item` against the user's message `user_text`."""
     source_words = words(user_text)
     source = set(source_words) | {_stem(w) for w in source_words}
+    source |= {w.replace("our", "or") for w in source_words if len(w) >= 6}  # favourite / favorite
     source_prefixes = {w[:5] for w in source_words if len(w) >= 6}
     raw_tokens = _WORD.findall(item.replace("’", "'"))
     missing_names, content, missing = [], [], []
@@ -104,11 +105,12 @@ def check(item: str, user_text: str) -> Verdict:
         w = _fold(raw)
         if w in STOPWORDS:
             continue
-        found = w in source or _stem(w) in source or (len(w) >= 6 and w[:5] in source_prefixes)
-        if _is_name(raw, n == 0 or raw_tokens[n - 1] in ".!?"):
+        found = w in source or _stem(w) in source or (len(w) >= 6 and w.replace("our", "or") in source)
+        if _is_name(raw, n == 0 or raw_tokens[n - 1] in ".!?"):  # names and numbers: the user's exact words
             if not found:
                 missing_names.append(raw)
             continue
+        found = found or (len(w) >= 6 and w[:5] in source_prefixes)
         content.append(w)
         if not found:
             missing.append(raw)
@@ -116,8 +118,15 @@ def check(item: str, user_text: str) -> Verdict:
     too_short = len(raw_tokens) < MIN_WORDS or not any(not w.isdigit() for w in content + [
         _fold(t) for t in raw_tokens if _is_name(t, False)])
     other = _other_person(item, raw_tokens, source_words, user_text)
+    cut = bool(raw_tokens) and _fold(raw_tokens[-1]) in _DANGLING and not item.rstrip().endswith(("?", "!"))
+    too_short = too_short or cut
     grounded = not too_short and not missing_names and share >= MIN_CONTENT_SHARE and other is None
     return Verdict(grounded, share, missing_names, missing, other, too_short)
+
+
+# a statement ending on one of these was cut mid-claim ("The support group has made me")
+_DANGLING = frozenset("the a an to of for with at in on and or but me my is was are called that so by from "
+                      "as your their his her our".split())
 
 
 def _other_person(item: str, item_tokens: list[str], source_words: list[str], user_text: str) -> str | None:
@@ -127,6 +136,8 @@ def _other_person(item: str, item_tokens: list[str], source_words: list[str], us
                None)
     if rel is None or not _USER_SUBJECT.search(item):
         return None
+    if any(w in ("i", "i'm", "i've", "i'd", "i'll") for w in source_words):
+        return None  # the user also speaks of themselves: cannot tell whose fact it is
     item_words = {_fold(t) for t in item_tokens}
     raw = _WORD.findall(user_text)
     # the person's name, when the message gives it right after the relation ("my friend Ana")
