@@ -2,9 +2,14 @@
 
     python bench/soak.py --turns 200 --out bench/results/soak_200.json
 
-Runs on the embedded default model (CPU) unless --model is given. Records per-turn timings, the memory
-count, RSS after every turn (growth = last - first), every problem a turn reported, and whether the reopened
-cube holds every id that any turn stored. Exit status 1 if a turn raised or a memory went missing.
+Runs on the embedded default model (CPU) unless --model is given. Records per-turn timings (per step and
+their medians), the memory count, RSS after every turn (growth = last - first), every problem a turn
+reported, and whether the reopened cube holds every id that any turn stored. Faithful-memory figures: user
+messages lost (each message must be in the reopened cube verbatim, with its turn as provenance), the
+extraction path rates, extracted items kept / rejected as ungrounded, and the grounding rule's precision /
+recall on the held-out half of the labelled set (bench/grounding_eval.py). The rates of the extractor
+before issue 12 (MemOS's prompt, unconstrained, salvaging broken JSON) are read from the committed
+`--before` results file. Exit status 1 if a turn raised or a memory or message went missing.
 """
 from __future__ import annotations
 
@@ -34,12 +39,33 @@ def message(i: int) -> str:
     return f"My friend {p} moved to {q} last year and now spends weekends on {h}. Turn {i}."
 
 
-def reopen_ids(cube: Path) -> list[str]:
-    """Ids found by a fresh process opening the cube (the soak's own process has released it)."""
+def reopen_items(cube: Path) -> list[dict]:
+    """(id, text, kind, source) of every memory, as a fresh process opening the cube finds them."""
     code = ("import json,sys; from magistral_kit.memory.cube import open_memory; m=open_memory(sys.argv[1]); "
-            "print(json.dumps(list(m.items()['id']))); m.close()")
+            "t=m.items(); print(json.dumps([{'id': r.id, 'text': r.text, 'kind': r.kind, 'source': list(r.source)}"
+            " for r in t.itertuples()])); m.close()")
     out = subprocess.run([sys.executable, "-c", code, str(cube)], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def reopen_ids(cube: Path) -> list[str]:
+    return [r["id"] for r in reopen_items(cube)]
+
+
+def grounding_heldout() -> dict | None:
+    """The grounding rule on the held-out half of the labelled set (None when the labels are absent)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from grounding_eval import LABELS, load, scores
+
+    if not LABELS.exists():
+        return None
+    res = scores([r for r in load() if r["split"] == "heldout"])
+    return {k: res[k] for k in ("items", "precision", "recall", "ungrounded_caught")}
+
+
+def _step_medians(rows: list[dict]) -> dict[str, float]:
+    steps = sorted({k for r in rows for k in r if k.startswith("s_")})
+    return {k[2:]: statistics.median([r[k] for r in rows if k in r]) for k in steps}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,13 +74,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--cube", default="", help="cube folder (default: a fresh temporary folder)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--extraction-max-new-tokens", type=int, default=64)
+    parser.add_argument("--extraction-max-new-tokens", type=int, default=None,
+                        help="default: KitConfig's extraction_max_new_tokens")
+    parser.add_argument("--before", default="bench/results/soak_200.json",
+                        help="results file of the extractor before issue 12 (its extraction_paths)")
     parser.add_argument("--out", default="bench/results/soak.json")
     args = parser.parse_args(argv)
     cube = Path(args.cube or tempfile.mkdtemp(prefix="soak-cube-"))
+    extra = ({"extraction_max_new_tokens": args.extraction_max_new_tokens}
+             if args.extraction_max_new_tokens else {})
     config = KitConfig(model=args.model, cube_dir=str(cube), temperature=0.0, max_new_tokens=args.max_new_tokens,
-                       extraction_max_new_tokens=args.extraction_max_new_tokens)
-    rows, stored, errors = [], [], []
+                       **extra)
+    before = None
+    if Path(args.before).exists():
+        old = json.loads(Path(args.before).read_text())
+        if "salvaged" in old.get("extraction_paths", {}):
+            before = {"file": args.before, "turns": old["turns"], "extraction_paths": old["extraction_paths"]}
+    rows, stored, errors, sent = [], [], [], []
     start = time.perf_counter()
     chat = open_chat(config, progress=False)
     try:
@@ -65,8 +101,16 @@ def main(argv: list[str] | None = None) -> int:
                 errors.append(f"turn {i}: {type(exc).__name__}: {exc}")
                 continue
             stored += turn.stored_ids
+            sent.append((turn.id, turn.user))
+            ex = turn.extraction
             rows.append({"turn": i, "retrieved": len(turn.retrieved), "stored": len(turn.stored_ids),
-                         "extraction": turn.extraction.path if turn.extraction else None,
+                         "message_kind": turn.message_kind,
+                         "extraction": ex.path if ex else None,
+                         "extracted_kept": len(ex.items) if ex else 0,
+                         "extracted_rejected": len(ex.rejected) if ex else 0,
+                         "rejected": [i.text for i in ex.rejected] if ex else [],
+                         "kept": [i.text for i in ex.items] if ex else [],
+                         "superseded": len(turn.superseded),
                          "problems": turn.problems, "rss_gib": turn.memory.rss_gib,
                          "memories": len(chat.memory), **{f"s_{k}": v for k, v in turn.timings.steps.items()}})
             if i % 10 == 0:
@@ -74,8 +118,12 @@ def main(argv: list[str] | None = None) -> int:
                       f"{turn.timings.total:.1f} s", flush=True)
     finally:
         chat.close()
-    found = set(reopen_ids(cube))
+    reopened = reopen_items(cube)
+    found = {r["id"] for r in reopened}
     missing = sorted(set(stored) - found)
+    verbatim = {(r["source"][0] if r["source"] else None, r["text"]) for r in reopened
+                if r["kind"] in ("episodic", "episodic-question")}
+    lost = [f"{tid}: {text[:80]}" for tid, text in sent if (tid, text) not in verbatim]
     memory_steps = [r.get("s_retrieve", 0) + r.get("s_prompt", 0) + r.get("s_store", 0) for r in rows]
     result = {
         "turns": args.turns, "turns_completed": len(rows), "errors": errors,
@@ -83,7 +131,18 @@ def main(argv: list[str] | None = None) -> int:
         "memories_stored": len(stored), "memories_found_by_new_process": len(found), "missing": missing,
         "rss_first_gib": rows[0]["rss_gib"] if rows else None, "rss_last_gib": rows[-1]["rss_gib"] if rows else None,
         "rss_growth_gib": (rows[-1]["rss_gib"] - rows[0]["rss_gib"]) if rows else None,
-        "extraction_paths": {p: sum(r["extraction"] == p for r in rows) for p in ("json", "salvaged", "raw")},
+        "user_messages": len(sent), "user_messages_lost": len(lost), "lost": lost,
+        "message_kinds": {k: sum(r["message_kind"] == k for r in rows) for k in ("episodic", "episodic-question")},
+        "extraction_paths": {p: sum(r["extraction"] == p for r in rows)
+                             for p in ("json", "empty", "invalid", "error", "skipped")},
+        "extraction_paths_before": before,
+        "extracted_kept": sum(r["extracted_kept"] for r in rows),
+        "extracted_rejected_ungrounded": sum(r["extracted_rejected"] for r in rows),
+        "superseded": sum(r["superseded"] for r in rows),
+        "grounding_rule_heldout": grounding_heldout(),
+        "step_seconds_median": _step_medians(rows),
+        "extraction_backend": config.extraction_backend, "extraction_constrained": config.extraction_constrained,
+        "extraction_max_new_tokens": config.extraction_max_new_tokens,
         "seconds_total": time.perf_counter() - start,
         "turn_seconds_median": statistics.median(sum(v for k, v in r.items() if k.startswith("s_")) for r in rows)
         if rows else None,
@@ -94,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k not in ("per_turn", "machine")}, indent=1))
-    return 0 if not errors and not missing else 1
+    return 0 if not errors and not missing and not lost else 1
 
 
 def markdown_table(result: dict) -> str:

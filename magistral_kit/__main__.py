@@ -57,6 +57,16 @@ def _chat_loop(config: KitConfig, stdin: TextIO, stdout: TextIO) -> int:
             if text == "mem" or text.startswith("mem "):
                 _show_memories(chat.memory, text[4:].strip(), say)
                 continue
+            preview = chat.preview_correction(text)
+            if preview is not None:  # "forget that …" / "that's wrong, it's …": show, ask, apply
+                say("memory change:\n  " + preview.describe().replace("\n", "\n  "))
+                if preview.problem:
+                    continue
+                stdout.write("apply? [y/N] ")
+                stdout.flush()
+                if stdin.readline().strip().lower() not in ("y", "yes"):
+                    say("  not applied")
+                    continue
             stdout.write("assistant> ")
             try:
                 turn = chat.send(text, on_text=lambda piece: (stdout.write(piece), stdout.flush()))
@@ -79,7 +89,8 @@ def _show_memories(memory, query: str, say) -> None:
     items = memory.items()
     say(f"{len(items)} memories")
     for row in items.itertuples():
-        say(f"  {row.id}  {row.kind:9} {row.text}")
+        status = "" if getattr(row, "status", "activated") in ("activated", None) else f" ({row.status})"
+        say(f"  {row.id}  {row.kind:9} {row.text}{status}")
 
 
 def _show_turn(turn, say) -> None:
@@ -89,8 +100,13 @@ def _show_turn(turn, say) -> None:
         say(f"  retrieved {hit.score:.3f}: {hit.text}")
     if turn.plan:
         say(f"  prompt {turn.plan.tokens} tokens; trimmed: {turn.plan.trimmed}")
+    if turn.message_kind and turn.message_kind != "correction":
+        say(f"  stored verbatim as {turn.message_kind}" + (f"; archived {len(turn.superseded)} older" if
+                                                             turn.superseded else ""))
     if turn.extraction is not None:
         say(f"  extraction via {turn.extraction.path}: {[i.text for i in turn.extraction.items]}")
+        for item in turn.extraction.rejected:
+            say(f"  rejected (not grounded): {item.text!r}: {item.verdict.reason if item.verdict else ''}")
         say(f"  stored: {turn.stored_ids}")
     for problem in turn.problems:
         say(f"  ! {problem}")

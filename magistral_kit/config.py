@@ -83,7 +83,17 @@ class KitConfig(BaseModel):
         "server or cluster (API key from $QDRANT_API_KEY); the SQLite record stays in the cube folder")
     extract: bool = _field(True, "memory", "run MemOS extraction after each turn")
     extraction_max_new_tokens: int = _field(
-        256, "memory", "cap on the extractor's output, so a weak model cannot spend minutes", ge=16)
+        160, "memory", "cap on the extractor's output; the extraction schema's length bounds fit in it", ge=16)
+    extraction_constrained: bool = _field(
+        True, "memory", "decode the extractor's output constrained to the extraction JSON schema")
+    extraction_backend: Literal["xgrammar", "lm-format-enforcer"] = _field(
+        "xgrammar", "memory", "constrained-decoding library (bench/constrained_decoding.py compares them)")
+    supersede_min_score: float = _field(
+        0.35, "memory", "score (cosine or fused) above which a newer message in the same first-person frame archives an older "
+        "one ('I live in Lisbon' → 'I live in Porto now')", ge=0.0, le=1.0)
+    memory_placement: Literal["auto", "system", "user"] = _field(
+        "auto", "memory", "where retrieved memories sit in the prompt: 'system' list, or quoted before the "
+        "user's message; 'auto' = 'user' for HF chat models, 'system' for Magistral (tekken); bench/answer_use.py")
     # --- retrieval -----------------------------------------------------------------------------------
     # Defaults = the best setting on the LoCoMo tuning conversations: bench/results/locomo_ablation.json
     # (`python bench/locomo_recall.py --ablation`; the README's table is generated from it).

@@ -51,7 +51,10 @@ def test_interrupt_while_the_reply_streams(chat):
         with pytest.raises(KeyboardInterrupt):
             chat.send("second message", on_text=stop)
         assert "".join(seen) == "Fine"
-        assert (chat.history, len(chat.memory)) == before  # nothing of the cut turn entered either
+        assert chat.history == before[0]  # no reply of the cut turn entered the history
+        assert len(chat.memory) == before[1] + 1  # but the message itself was kept verbatim before generating
+        assert chat.memory.get(chat.turns[-1].episodic_id).text == "second message"
+        assert "the message is stored verbatim" in chat.turns[-1].problems[0]
         cut = chat.turns[-1]
         assert cut.interrupted == "generation" and "interrupted during generation" in cut.problems[0]
         assert "interrupted during generation" in cut._repr_html_()
@@ -76,30 +79,31 @@ def test_interrupt_during_extraction(chat, monkeypatch):
         monkeypatch.setattr(extraction, "extract", interrupted)
         with pytest.raises(KeyboardInterrupt):
             chat.send("second message")
-        assert len(chat.memory) == stored  # nothing stored
+        assert len(chat.memory) == stored + 1  # the message verbatim, nothing extracted from it
         assert chat.history[-1] == ("second message", "Fine, thanks.")  # the exchange happened
         assert chat.turns[-1].interrupted == "extraction"
-        assert "nothing of it stored" in chat.turns[-1].problems[0]
+        assert "0 extracted memory(ies) stored" in chat.turns[-1].problems[0]
         monkeypatch.setattr(extraction, "extract", real)
         third = chat.send("third message")
-    assert third.stored_ids and len(chat.memory) == stored + len(third.stored_ids)
+    assert third.stored_ids and len(chat.memory) == stored + 1 + len(third.stored_ids)
     assert [r["interrupted"] for r in log_rows(chat)] == ["", "extraction", ""]
 
 
 def test_an_interrupt_while_storing_waits_for_the_store_and_the_log(chat, monkeypatch):
-    real_add = chat.memory.add_many
+    real_add = chat.memory.add
 
-    def add_then_signalled(items):
-        os.kill(os.getpid(), signal.SIGINT)  # the stop button pressed mid-store
-        return real_add(items)
+    def add_then_signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # the stop button pressed while the message is being stored
+        return real_add(*args, **kwargs)
 
     with replies(chat):
-        monkeypatch.setattr(chat.memory, "add_many", add_then_signalled)
+        monkeypatch.setattr(chat.memory, "add", add_then_signalled)
         with pytest.raises(KeyboardInterrupt):
             chat.send("my flight is on Friday")
         turn = chat.turns[-1]
-        assert turn.stored_ids and len(chat.memory) == len(turn.stored_ids)  # the store finished
-        assert turn.interrupted == "extraction" and "memory(ies) stored" in turn.problems[0]
+        assert turn.stored_ids and len(chat.memory) == len(turn.stored_ids) == 1  # the store finished
+        assert chat.memory.get(turn.stored_ids[0]).text == "my flight is on Friday"
+        assert turn.interrupted == "generation" and "the message is stored verbatim" in turn.problems[0]
         assert log_rows(chat)[-1]["stored_ids"] == turn.stored_ids
-        monkeypatch.setattr(chat.memory, "add_many", real_add)
+        monkeypatch.setattr(chat.memory, "add", real_add)
         assert chat.send("next").problems == []

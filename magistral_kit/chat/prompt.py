@@ -75,6 +75,35 @@ def system_prompt_with_memories(base: str | None, memories: Sequence[Any]) -> st
     return f"{text}\n\n{MEMORY_HEADER}\n{lines}"
 
 
+# --- where the memories sit (bench/answer_use.py measures the choices) -----------------------------------
+USER_MEMORY_HEADER = "Things I told you before:"
+
+
+def memory_placement(config: KitConfig, lm: Any) -> str:
+    """'system' (a list in the system prompt) or 'user' (quoted just before the message, in the user's
+    voice). 'auto': 'user' for chat-template (HF) models — on the embedded model it answered from memory at
+    least as often as 'system' (bench/results/answer_use*.json) — and 'system' for Magistral (tekken, every
+    version), whose SYSTEM_PROMPT.txt expects context there and which has not been measured yet."""
+    choice = getattr(config, "memory_placement", "auto")
+    if choice != "auto":
+        return choice
+    return "system" if getattr(lm, "tokenizer_kind", "hf") == "tekken" else "user"
+
+
+def user_message_with_memories(user_text: str, memories: Sequence[Any]) -> str:
+    """The user's message preceded by the memories in the user's own voice (what they said, when)."""
+    if not memories:
+        return user_text
+    lines = "\n".join(f"- {_said(m)}" for m in memories)
+    return f"{USER_MEMORY_HEADER}\n{lines}\n\nNow: {user_text}"
+
+
+def _said(memory: Any) -> str:
+    meta = getattr(memory, "meta", {}) or {}
+    date = meta.get("date")
+    return f"({date}) {memory.text}" if date else memory.text
+
+
 def build_prompt(lm: Any, config: KitConfig, user_text: str, history: Sequence[tuple[str, str]],
                  memories: Sequence[Any]) -> PromptPlan:
     """Fit system prompt + memories + recent exchanges + the new message into the budget."""
@@ -89,11 +118,15 @@ def build_prompt(lm: Any, config: KitConfig, user_text: str, history: Sequence[t
     dropped_memories: list[Any] = []
     dropped_budget = 0
 
+    placement = memory_placement(config, lm)
+
     def compose() -> list[dict]:
-        msgs = [{"role": "system", "content": system_prompt_with_memories(base, kept_memories)}]
+        in_system = kept_memories if placement == "system" else []
+        msgs = [{"role": "system", "content": system_prompt_with_memories(base, in_system)}]
         for user, answer in window:
             msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
-        return msgs + [{"role": "user", "content": user_text}]
+        last = user_text if placement == "system" else user_message_with_memories(user_text, kept_memories)
+        return msgs + [{"role": "user", "content": last}]
 
     messages = compose()
     tokens = lm.count_tokens(messages)

@@ -41,35 +41,45 @@ class Chat:
     def send(self, text: str, on_text: Callable[[str], None] | None = None) -> Turn:
         """Run one turn and return its diagnostics. `on_text` receives the reply as it is generated.
 
+        With memory on, the user's message is stored verbatim (kind "episodic", or "episodic-question" for
+        a question or small talk) before the reply is generated, so nothing the user said is lost; a newer
+        statement of a fact archives the older one; then the extractor adds grounded "extracted" memories.
+        "Forget that …" / "That's wrong, it's …" correct the memory instead (see `chat.corrections`).
+
         An interrupt (the notebook's stop button, Ctrl-C) is re-raised after the turn is made consistent:
-        during retrieval or generation nothing of the turn enters the history or the memory; during
-        extraction the exchange is in the history and nothing of it is stored. Either way the turn is in
-        `turns` and the session log, marked ``interrupted``, and the next `send` works. Storing and logging
-        are never cut half-way (an interrupt there is held until they finish).
+        during retrieval or generation no reply enters the history (the message itself is already stored
+        verbatim, or nothing is, if the interrupt came before that); during extraction the exchange is in the
+        history and no extracted memory of it is stored. Either way the turn is in `turns` and the session
+        log, marked ``interrupted``, and the next `send` works. Storing and logging are never cut half-way
+        (an interrupt there is held until they finish).
         """
         if not isinstance(text, str) or not text.strip():
             raise ValueError("send() needs a non-empty message string")
         turn = Turn(id=f"{self.session}-t{len(self.turns) + 1}", user=text)
         stage = "generation"
         try:
+            if self._use_memory and self._correct(turn, on_text):
+                return self._finish(turn)
             self._answer(turn, on_text)
             stage = "extraction"
             self._remember(turn)
         except KeyboardInterrupt:
             turn.interrupted = stage
+            kept = ("the message is stored verbatim" if turn.episodic_id else "nothing of it is in the memory")
             if stage == "generation":
-                what = "nothing of this turn entered the history or the memory"
+                what = f"no reply entered the history; {kept}"
             else:
-                stored = f"{len(turn.stored_ids)} memory(ies) stored" if turn.stored_ids else "nothing of it stored"
-                what = f"the exchange is in the history; {stored}"
+                extra = len(turn.stored_ids) - (1 if turn.episodic_id else 0)
+                what = (f"the exchange is in the history; {kept}; "
+                        f"{extra} extracted memory(ies) stored")
             turn.problems.append(f"interrupted during {stage}: {what}")
             self._finish(turn)
             raise
-        self._finish(turn)
-        return turn
+        return self._finish(turn)
 
     def _answer(self, turn: Turn, on_text: Callable[[str], None] | None) -> None:
-        """Retrieve, build the prompt, generate; then the exchange enters the history (if it has an answer)."""
+        """Retrieve, keep the message, build the prompt, generate; then the exchange enters the history (if
+        it has an answer)."""
         cfg, text = self.config, turn.user
         if self._use_memory and cfg.top_k and len(self.memory):
             with turn.timings.step("retrieve"):
@@ -77,6 +87,8 @@ class Chat:
                     turn.retrieved = self.memory.search(text, top_k=cfg.top_k)
                 except Exception as exc:  # a broken index must not end the conversation
                     turn.problems.append(f"retrieval failed ({type(exc).__name__}: {exc}); answered without memories")
+        if self._use_memory:
+            self._store_message(turn)
         with turn.timings.step("prompt"):
             turn.plan = build_prompt(self.lm, cfg, text, self.history, turn.retrieved)
         with turn.timings.step("generate"):
@@ -88,45 +100,153 @@ class Chat:
         else:
             # never an empty assistant message: mistral-common rejects it, and it would end the chat
             turn.notes.append(f"empty answer {turn.reply.empty_reason()}: this exchange is kept out of the "
-                              "history; the message alone goes to extraction")
+                              "history; the message itself is stored and goes to extraction")
 
     def _remember(self, turn: Turn) -> None:
         if self._use_memory and self.config.extract:
             self._extract_and_store(turn)
         elif self._use_memory:
-            turn.notes.append("extraction off: nothing stored this turn")
+            turn.notes.append("extraction off: the message is stored verbatim only")
 
     @property
     def _use_memory(self) -> bool:
         return self.config.memory and self.memory is not None
 
-    def _finish(self, turn: Turn) -> None:
+    def remember(self, text: str) -> Turn:
+        """Store a user message as `send` would (verbatim, superseding, extraction) but generate no reply:
+        for feeding a past conversation into memory."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("remember() needs a non-empty message string")
+        if self.memory is None:
+            raise ValueError("remember() needs memory: this chat was opened with memory off")
+        turn = Turn(id=f"{self.session}-t{len(self.turns) + 1}", user=text)
+        turn.notes.append("remembered without a reply")
+        self._store_message(turn)
+        if self.config.extract:
+            self._extract_and_store(turn)
+        return self._finish(turn)
+
+    def _finish(self, turn: Turn) -> Turn:
         turn.memory = memory_reading()
         with _interrupt_held():
             self.turns.append(turn)
             self._log(turn)
+        return turn
 
-    def _extract_and_store(self, turn: Turn) -> None:
-        from magistral_kit.memory.extraction import extract
-
-        messages = [{"role": "user", "content": turn.user}]
-        if turn.reply is not None and turn.reply.answer.strip():
-            messages.append({"role": "assistant", "content": turn.reply.answer})
-        with turn.timings.step("extract"):
-            turn.extraction = extract(messages, self.extractor_llm, self.config.extraction_max_new_tokens)
+    def _provenance(self, turn: Turn) -> dict:
+        now = _dt.datetime.now()
         # date and speaker feed the retrieval options (KitConfig retrieval section), as in the LoCoMo runs
-        meta = {"session": self.session, "turn": turn.id, "date": _dt.date.today().strftime("%-d %B %Y")}
-        items = [{"text": item.text, "source": [turn.id], "kind": item.kind,
-                  "meta": {**meta, **({"speaker": "User"} if item.kind == "raw" else {})}}
-                 for item in turn.extraction.items]
+        return {"session": self.session, "turn": turn.id, "time": now.isoformat(timespec="seconds"),
+                "date": now.strftime("%-d %B %Y")}
+
+    def _store_message(self, turn: Turn) -> None:
+        """The user's message, verbatim, with provenance; then archive what it supersedes."""
+        from magistral_kit.memory.episodic import classify
+        from magistral_kit.memory.superseding import apply, find_superseded
+
+        kind = classify(turn.user)
+        turn.message_kind, turn.message_kind_reason = kind.kind, kind.reason
+        meta = {**self._provenance(turn), "speaker": "User", "status": "activated", "why_kind": kind.reason}
+        if kind.instruction_like:
+            meta["instruction_like"] = True
+            turn.notes.append("the message reads like an instruction to the system (prompt injection?): stored "
+                              "verbatim as the user's words, not extracted")
         with turn.timings.step("store"), _interrupt_held():
             try:
-                turn.stored_ids = self.memory.add_many(items) if items else []
+                turn.episodic_id = self.memory.add(turn.user, source=[turn.id], kind=kind.kind, meta=meta)
+                turn.stored_ids.append(turn.episodic_id)
             except Exception as exc:
-                turn.problems.append(f"storing failed ({type(exc).__name__}: {exc}); nothing of this turn stored")
+                turn.problems.append(f"storing the message failed ({type(exc).__name__}: {exc}); it is in the "
+                                     f"session log only")
+                return
+        if not kind.states_fact:
+            return
+        with turn.timings.step("supersede"):
+            try:
+                found = find_superseded(self.memory, turn.episodic_id, turn.user, self.config.supersede_min_score)
+                turn.superseded = apply(self.memory, found)
+            except Exception as exc:
+                turn.problems.append(f"checking for superseded memories failed ({type(exc).__name__}: {exc})")
+
+    def _extract_and_store(self, turn: Turn) -> None:
+        from magistral_kit.memory.extraction import extract, skipped
+
+        if turn.episodic_id is None:
+            return
+        if turn.message_kind != "episodic":
+            turn.extraction = skipped(f"not extracted: {turn.message_kind_reason}")
+            return
+        if self.memory.get(turn.episodic_id).meta.get("instruction_like"):
+            turn.extraction = skipped("not extracted: the message reads like an instruction to the system")
+            return
+        with turn.timings.step("extract"):
+            turn.extraction = extract(turn.user, self.extractor_llm, self.config.extraction_max_new_tokens)
+        ex = turn.extraction
+        if ex.error:
+            turn.problems.append(f"extraction failed ({ex.error}); the message is stored verbatim, nothing "
+                                 f"extracted")
+        if ex.rejected:
+            turn.notes.append(f"{len(ex.rejected)} extracted item(s) rejected as not grounded in the message")
+        if not ex.items:
+            return
+        records = ex.records(source=[turn.id], meta={**self._provenance(turn), "derived_from": turn.episodic_id,
+                                                     "status": "activated"})
+        with turn.timings.step("store"), _interrupt_held():
+            try:
+                ids = self.memory.add_many(records)
+                turn.stored_ids += ids
+                self.memory.update(turn.episodic_id, meta={"evolve_to": ids})
+            except Exception as exc:
+                turn.problems.append(f"storing extracted memories failed ({type(exc).__name__}: {exc}); the "
+                                     f"message itself is stored")
+
+    def _correct(self, turn: Turn, on_text: Callable[[str], None] | None) -> bool:
+        """Handle "forget that …" / "that's wrong, it's …"; True when the message was a correction."""
+        from magistral_kit.chat import corrections
+        from magistral_kit.model.generation import Reply
+
+        correction = corrections.parse(turn.user)
+        if correction is None:
+            return False
+        with turn.timings.step("correct"):
+            plan = corrections.plan(self.memory, correction, self.turns)
+            try:
+                corrections.apply(self.memory, plan, source=[turn.id], meta=self._provenance(turn))
+            except Exception as exc:
+                turn.problems.append(f"correction failed ({type(exc).__name__}: {exc}); memory unchanged")
+        turn.correction = plan
+        turn.message_kind = "correction"
+        if plan.new_text and plan.applied:
+            turn.episodic_id = plan.applied[-1]  # the corrected statement: "forget that" next refers to it
+            turn.stored_ids.append(plan.applied[-1])
+        answer = ("Done. " if plan.applied else "") + plan.describe()
+        turn.reply = Reply(answer=answer, thinking="", tokens_in=0, tokens_out=0, seconds=0.0, path="correction")
+        if on_text:
+            on_text(answer)
+        self.history.append((turn.user, answer))
+        return True
+
+    def preview_correction(self, text: str):
+        """What `send(text)` would change in memory for a correction command (None: not a correction)."""
+        from magistral_kit.chat import corrections
+
+        correction = corrections.parse(text)
+        if correction is None or self.memory is None:
+            return None
+        return corrections.plan(self.memory, correction, self.turns)
 
     def extractor_llm(self, messages: list[dict], max_new_tokens: int) -> str:
-        """The shared model as MemOS's extractor sees it: messages in, raw text out (greedy)."""
+        """The shared model as the extractor: messages in (the model's own chat format, tekken included),
+        text out, greedy; decoding constrained to the extraction schema unless `extraction_constrained`
+        is off (then a reasoning model gets room for its trace, which the parser removes)."""
+        if self.config.extraction_constrained:
+            from magistral_kit.memory.extraction import schema
+            from magistral_kit.model.constrained import generate_json
+
+            return generate_json(self.lm, messages, schema(), max_new_tokens,
+                                 backend=self.config.extraction_backend).text
+        if self.lm.tokenizer_kind == "tekken":  # Magistral reasons first: leave room for the trace
+            max_new_tokens = max(max_new_tokens, min(self.config.max_new_tokens, 2048))
         reply = generate_reply(self.lm, messages, self._extract_config, max_new_tokens=max_new_tokens)
         return reply.raw
 

@@ -26,6 +26,11 @@ class Turn:
     problems: list[str] = field(default_factory=list)  # what went wrong and how the turn carried on
     interrupted: str = ""  # '' or the stage a KeyboardInterrupt cut: 'generation' / 'extraction'
     notes: list[str] = field(default_factory=list)
+    message_kind: str | None = None  # "episodic", "episodic-question" or "correction"
+    message_kind_reason: str = ""
+    episodic_id: str | None = None  # the user's message, stored verbatim
+    superseded: list[str] = field(default_factory=list)  # ids archived because this message restates them
+    correction: Any = None  # corrections.CorrectionPlan
 
     @property
     def answer(self) -> str:
@@ -45,9 +50,11 @@ class Turn:
             "retrieved": [{"id": h.id, "text": h.text, "score": h.score, "source": list(h.source)}
                           for h in self.retrieved],
             "prompt": self.plan.to_dict() if self.plan else None,
-            "extraction": ({"path": ex.path, "items": [i.text for i in ex.items], "model_output": ex.model_output,
-                            "seconds": ex.seconds} if ex is not None else None),
-            "stored_ids": list(self.stored_ids),
+            "message_kind": self.message_kind, "episodic_id": self.episodic_id,
+            "extraction": ex.to_dict() if ex is not None else None,
+            "stored_ids": list(self.stored_ids), "superseded": list(self.superseded),
+            "correction": ({"action": self.correction.correction.action, "change": self.correction.describe(),
+                            "applied": list(self.correction.applied)} if self.correction is not None else None),
             "timings": dict(self.timings.steps),
             "memory": self.memory.to_dict() if self.memory else None,
             "problems": list(self.problems), "notes": list(self.notes), "interrupted": self.interrupted,
@@ -64,6 +71,7 @@ class Turn:
             parts.append(self.plan.to_html())
         if self.reply:
             parts.append("<div><b>assistant:</b></div>" + self.reply.to_html())
+        parts.append(self._stored_html())
         parts.append(self._extraction_html())
         parts.append(self.timings.to_html())
         if self.memory:
@@ -84,14 +92,28 @@ class Turn:
         return (f"<div><b>retrieved</b>{note}:</div><table><tr><th>score</th><th>memory</th>"
                 f"<th>from turn</th><th>kind</th></tr>{rows}</table>")
 
+    def _stored_html(self) -> str:
+        if self.correction is not None:
+            return self.correction._repr_html_()
+        if self.message_kind is None:
+            return ""
+        sup = (f"; archived {len(self.superseded)} older memory(ies) it restates" if self.superseded else "")
+        return (f"<div><b>stored verbatim</b> as <b>{html.escape(self.message_kind)}</b> "
+                f"({html.escape(self.message_kind_reason)}){sup}</div>")
+
     def _extraction_html(self) -> str:
         ex = self.extraction
         if ex is None:
             return "<div><b>extraction:</b> <i>off</i></div>"
         items = "".join(f"<li>{html.escape(i.text)}</li>" for i in ex.items) or "<li><i>none</i></li>"
+        rejected = "".join(f"<li><s>{html.escape(i.text)}</s> — {html.escape(i.verdict.reason)}</li>"
+                           for i in ex.rejected if i.verdict is not None)
+        error = (f"<div style='color:#b00'>extractor error: {html.escape(ex.error)}</div>" if ex.error else "")
         stored = ", ".join(self.stored_ids) or "nothing"
         return (f"<div><b>extraction</b> via <b>{html.escape(ex.path)}</b> path ({ex.seconds:.1f} s):"
-                f"<ul>{items}</ul>stored: <code>{html.escape(stored)}</code></div>"
+                f"<ul>{items}</ul>"
+                + (f"rejected as not grounded in the message:<ul>{rejected}</ul>" if rejected else "")
+                + error + f"stored: <code>{html.escape(stored)}</code></div>"
                 + details_html("the extractor's raw output", ex.model_output or "(empty)"))
 
     def _repr_html_(self) -> str:

@@ -53,7 +53,7 @@ def raw_items(conv: Conversation, context_turns: int = 0) -> list[dict[str, Any]
         if context_turns:
             before = [u for u in conv.turns[max(0, i - context_turns):i] if u.session == t.session]
             meta["context"] = [turn_line(u) for u in before]
-        items.append({"text": t.text, "source": [t.dia_id], "kind": "raw", "meta": meta})
+        items.append({"text": t.text, "source": [t.dia_id], "kind": "episodic", "meta": meta})
     return items
 
 
@@ -91,6 +91,7 @@ class ExtractStats:
     sessions: int = 0
     memories: int = 0
     unaligned: int = 0
+    rejected: int = 0  # items not grounded in the session's lines (memory.grounding)
     paths: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -104,11 +105,11 @@ def extract_items(conv: Conversation, llm: LLM, encode: Callable[[list[str]], np
     items: list[dict[str, Any]] = []
     started = time.perf_counter()
     for s, turns in _bar(conv.sessions.items(), progress, f"extract {conv.sample_id}", len(conv.sessions)):
-        result = extract(session_messages(conv, turns), llm, max_new_tokens)
+        # the session's lines are the source the items must be grounded in (extraction.extract)
+        result = extract("\n".join(turn_line(t) for t in turns), llm, max_new_tokens)
         stats.sessions += 1
         stats.paths[result.path] = stats.paths.get(result.path, 0) + 1
-        if result.path == "raw":  # extraction's fallback = the last user message verbatim: not extraction
-            continue
+        stats.rejected += len(result.rejected)
         texts = [i.text for i in result.items]
         for item, source in zip(result.items, align_sources(texts, turns, encode)):
             stats.unaligned += not source

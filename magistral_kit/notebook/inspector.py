@@ -15,7 +15,7 @@ import pandas as pd
 
 from magistral_kit.notebook.tables import Table, readable_time, readable_html
 
-TABLE_COLUMNS = ["text", "kind", "source", "session", "created", "updated", "id"]
+TABLE_COLUMNS = ["text", "kind", "status", "source", "session", "created", "updated", "id"]
 
 
 def memory_table(memory: Any, newest: int | None = None) -> Table:
@@ -44,6 +44,19 @@ def kind_counts(memory: Any) -> Table:
     counts = items["kind"].value_counts() if len(items) else pd.Series(dtype=int)
     return Table({"kind": [str(k) for k in counts.index], "memories": [int(v) for v in counts.values]},
                  columns=["kind", "memories"])
+
+
+def history_table(memory: Any, id: str) -> Table:
+    """A memory and every older version it superseded, newest first (status, why, when): the update chain."""
+    from magistral_kit.memory.superseding import chain
+
+    rows = []
+    for hit in chain(memory, id):
+        why = next((h.get("update_type") for h in memory.get(id).meta.get("history", [])
+                    if h.get("archived_memory_id") == hit.id), None)
+        rows.append({"text": hit.text, "kind": hit.kind, "status": hit.meta.get("status", "activated"),
+                     "replaced_because": why or "", "created": hit.created, "id": hit.id})
+    return Table(rows, columns=["text", "kind", "status", "replaced_because", "created", "id"])
 
 
 def search_table(memory: Any, query: str, top_k: int = 5) -> Table:
