@@ -485,6 +485,10 @@ def h200_table(result: dict) -> str:
             lines.append(f"| {fam} | " + " | ".join(cells) + " |")
         sums = " | ".join(f"**{p['kernel_sum_ms'] * 1000:.0f}**" for _, p in profs)
         lines.append(f"| **kernel sum** | {sums} |")
+    fast, plain = result.get("chat_fast_turn_s_median"), result.get("chat_plain_turn_s_median")
+    if fast is not None:
+        lines += ["", f"Chat turns ({result.get('chat_embedder', 'embedder not recorded')}): fast decode "
+                  f"{fast:.2f} s per turn (median)" + (f" vs plain generate {plain:.2f} s." if plain else ".")]
     return "\n".join(lines) + "\n"
 
 
