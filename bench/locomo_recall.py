@@ -9,8 +9,10 @@ plus the baseline (plain cosine over ``Speaker: text``) measured the same way un
 extract: MemOS extraction per session with the embedded model (`load_model(KitConfig())`); raw recall on the
 same conversations is recorded next to it. ``--set lexical_weight=0`` changes one retrieval setting;
 ``--ablate`` adds one run per improvement switched on in turn (slow: one ingestion each).
-``--ablation`` runs only the ablation that chose the retrieval defaults (`ABLATION`: the cumulative steps, then
-the alternatives that were not kept) over all conversations, with the tuning / held-out halves.
+``--ablation`` runs only the ablation that chose the retrieval defaults (`ablation_plan`: the cumulative steps
+to the defaults) over all conversations, with the tuning / held-out halves; ``--ablation-steps 6,7`` runs the
+alternatives that were not kept (RRF fusion, query rewriting). ``--ablation-steps`` splits the work over
+processes; ``--merge PART…`` joins the parts.
 
 The data: ``--locomo PATH``, else ``$MAGISTRAL_LOCOMO``, else ``../shared/locomo`` when present
 (`magistral_kit.evaluation.locomo.find_locomo`).
