@@ -9,8 +9,10 @@ plus the baseline (plain cosine over ``Speaker: text``) measured the same way un
 extract: MemOS extraction per session with the embedded model (`load_model(KitConfig())`); raw recall on the
 same conversations is recorded next to it. ``--set lexical_weight=0`` changes one retrieval setting;
 ``--ablate`` adds one run per improvement switched on in turn (slow: one ingestion each).
-``--ablation`` runs only the ablation that chose the retrieval defaults (`ABLATION`: the cumulative steps, then
-the alternatives that were not kept) over all conversations, with the tuning / held-out halves.
+``--ablation`` runs only the ablation that chose the retrieval defaults (`ablation_plan`: the cumulative steps
+to the defaults) over all conversations, with the tuning / held-out halves; ``--ablation-steps 6,7`` runs the
+alternatives that were not kept (RRF fusion, query rewriting). ``--ablation-steps`` splits the work over
+processes; ``--merge PART…`` joins the parts.
 
 The data: ``--locomo PATH``, else ``$MAGISTRAL_LOCOMO``, else ``../shared/locomo`` when present
 (`magistral_kit.evaluation.locomo.find_locomo`).
@@ -78,8 +80,9 @@ def ablation_steps(best: RetrievalOptions) -> list[tuple[str, RetrievalOptions]]
     return steps
 
 
-def ablation_plan() -> list[tuple[str, RetrievalOptions, bool]]:
-    """(label, options, kept): cumulative steps to the default, then alternatives measured against it."""
+def ablation_plan(alternatives: bool = False) -> list[tuple[str, RetrievalOptions, bool]]:
+    """(label, options, kept): cumulative steps to the default; with `alternatives`, then the options that were
+    not kept (RRF fusion, query rewriting), measured against the default (``--ablation-steps 6,7``)."""
     plain = RetrievalOptions.plain()
     speaker = le.baseline_options()
     bm25 = speaker.replace(lexical_weight=0.5, fusion="linear", candidates=50)
@@ -93,15 +96,14 @@ def ablation_plan() -> list[tuple[str, RetrievalOptions, bool]]:
         ("+ session date in the text", date, True),
         ("+ 2 preceding turns as context", context, True),
         (f"BM25 weight 0.5 → {default.lexical_weight} (the default)", default, True),
-        ("default with RRF fusion instead of linear", default.replace(fusion="rrf"), False),
-        ("default with query rewriting", default.replace(query_rewrite=True), False),
-    ]
+    ] + ([("default with RRF fusion instead of linear", default.replace(fusion="rrf"), False),
+          ("default with query rewriting", default.replace(query_rewrite=True), False)] if alternatives else [])
 
 
 def run_ablation(convs: list, only: list[int] | None = None) -> list[dict[str, Any]]:
     steps = []
-    for i, (label, o, kept) in enumerate(ablation_plan()):
-        if only is not None and i not in only:
+    for i, (label, o, kept) in enumerate(ablation_plan(alternatives=True)):
+        if (only is not None and i not in only) or (only is None and not kept):
             continue
         r = le.run(convs, "raw", o, progress=False)
         s = split(r.rows)
@@ -140,11 +142,19 @@ def ablation_table(result: dict) -> str:
     rows = ["| step | tuning half | held-out half | all conversations |", "|---|---|---|---|"]
     for s in result["steps"]:
         label = s["step"] if s["kept"] else f"*not kept:* {s['step']}"
+        if s.get("overall") is None:
+            rows.append(f"| {label} | not measured in this run (`--ablation-steps {s['index']}`) | | |")
+            continue
+        if "locomo_raw" in str(s.get("source")):
+            label += " ¹"
         rows.append(f"| {label} | {_r(s['tuning_set'])} | {_r(s['held_out'])} | {_r(s['overall'])} |")
-    n = result["steps"][0]["overall"]["questions"]
+    from_raw = any("locomo_raw" in str(s.get("source")) for s in result["steps"])
+    n = next(s["overall"]["questions"] for s in result["steps"] if s.get("overall"))
     return "\n".join(rows) + (f"\n\nrecall@1 / @5 / @10, raw turns, all-MiniLM-L6-v2, {n:,} questions; settings "
                               f"chosen on the tuning half {', '.join(result['tuning_set'])} "
-                              "(`bench/results/locomo_ablation.json`).")
+                              "(`bench/results/locomo_ablation.json`)."
+                              + ("\n¹ the same setting's run in `bench/results/locomo_raw.json` (default or baseline)."
+                                 if from_raw else ""))
 
 
 def git_commit() -> str | None:
@@ -173,11 +183,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="run only these steps of the ablation (to split it over processes; see --merge)")
     ap.add_argument("--merge", nargs="+", type=Path, default=None, metavar="PART",
                     help="merge ablation parts (written with --ablation-steps) into --out")
+    ap.add_argument("--raw", type=Path, default=None,
+                    help="with --merge: a --mode raw result whose default / baseline runs fill those steps")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="extractor cap (default: KitConfig's)")
     args = ap.parse_args(argv)
 
     if args.merge:
-        return merge_ablation(args.merge, args.out or REPO_ROOT / "bench" / "results" / "locomo_ablation.json")
+        return merge_ablation(args.merge, args.out or REPO_ROOT / "bench" / "results" / "locomo_ablation.json",
+                              args.raw)
     config = KitConfig()
     options = RetrievalOptions.from_config(config).replace(**parse_set(args.set))
     wanted = args.conversations.split(",") if args.conversations else (None if args.mode == "raw" else ["30"])
@@ -233,22 +246,39 @@ def main(argv: list[str] | None = None) -> int:
     return _write(result, out_path, started)
 
 
-def merge_ablation(parts: list[Path], out_path: Path) -> int:
-    """One ablation result from parts run in separate processes (each keeps its own machine record)."""
+def merge_ablation(parts: list[Path], out_path: Path, raw: Path | None = None) -> int:
+    """One ablation result from parts run in separate processes (each keeps its own machine record).
+
+    `raw`: a ``--mode raw`` result (``locomo_raw.json``); a step whose options are its default or its baseline
+    is taken from it (same measurement, recorded with its source). Steps still missing are listed as such.
+    """
     loaded = [json.loads(p.read_text()) for p in parts]
-    steps = sorted((s for part in loaded for s in part["steps"]), key=lambda s: s["index"])
-    if [s["index"] for s in steps] != list(range(len(ablation_plan()))):
-        raise SystemExit(f"parts cover steps {[s['index'] for s in steps]}, not all of 0..{len(ablation_plan()) - 1}")
+    steps = {s["index"]: {**s, "source": p.name} for p, part in zip(parts, loaded) for s in part["steps"]}
+    plan = ablation_plan()
+    if raw is not None:
+        r = json.loads(raw.read_text())
+        for i, (label, o, kept) in enumerate(plan):
+            for block, opts in ((r, r["options"]), (r["baseline"], asdict(le.baseline_options()))):
+                if i not in steps and asdict(o) == opts:
+                    steps[i] = {"index": i, "step": label, "kept": kept, "options": asdict(o),
+                                "overall": block["overall"], "tuning_set": block.get("tuning_set"),
+                                "held_out": block.get("held_out"), "run_seconds": block.get("run_seconds"),
+                                "source": f"{raw.name} ({'default' if block is r else 'baseline'} run)"}
+    missing = [i for i in range(len(plan)) if i not in steps]
+    for i in missing:
+        steps[i] = {"index": i, "step": plan[i][0], "kept": plan[i][2], "options": asdict(plan[i][1]),
+                    "overall": None, "tuning_set": None, "held_out": None, "source": None}
     first = loaded[0]
     result = {k: first[k] for k in ("conversations", "tuning_set", "held_out")}
-    result.update(steps=steps, seconds_total=max(p["seconds_total"] for p in loaded),
-                  versions=first["versions"], machine=first["machine"],
+    result.update(steps=[steps[i] for i in sorted(steps)], missing_steps=missing,
+                  seconds_total=max(p["seconds_total"] for p in loaded), versions=first["versions"],
+                  machine=first["machine"],
                   parts=[{"file": p.name, "steps": [s["index"] for s in part["steps"]],
                           "seconds_total": part["seconds_total"], "machine": part["machine"]}
                          for p, part in zip(parts, loaded)],
-                  note="run as parallel processes on the same machine, one part each (--ablation-steps)")
+                  note="parts run as parallel processes on the same machine (--ablation-steps), merged with --merge")
     out_path.write_text(json.dumps(result, indent=1, default=str))
-    print(f"wrote {out_path}")
+    print(f"wrote {out_path}" + (f"; steps {missing} not measured" if missing else ""))
     return 0
 
 

@@ -4,8 +4,9 @@ Why: plain cosine between a question and a memory misses memories that share the
 titles, places) but not its phrasing, and short turns ("Yes, last Friday!") whose meaning lives in the turn
 before. Each option was measured on LoCoMo raw turns with all-MiniLM-L6-v2, settings chosen on the tuning
 conversations and checked on the held-out ones: ``python bench/locomo_recall.py --ablation`` writes
-``bench/results/locomo_ablation.json`` (cumulative steps to the defaults, then alternatives that were not kept:
-RRF fusion, query rewriting), and the README's ablation table is generated from it (``bench/report.py``).
+``bench/results/locomo_ablation.json`` (the cumulative steps to the defaults; ``--ablation-steps 6,7`` measures
+the alternatives that were not kept: RRF fusion, query rewriting), and the README's ablation table is
+generated from it (``bench/report.py``).
 
 The memory layer calls these hooks; nothing here touches a cube:
 
