@@ -1,7 +1,7 @@
 """Fast batch-1 decoding for (NF4) Mistral models: static KV cache, eager prefill, CUDA-graph decode step.
 
-Why: plain ``model.generate`` on an NF4 Magistral decodes at 9–18 tok/s on an H100 because every token pays
-~55–110 ms of Python and kernel launches, while the 4-bit kernels allow ~88 tok/s (../shared/notes/gpu.md).
+Why: plain ``model.generate`` on an NF4 Magistral is launch-bound: every token pays for Python and many small
+kernel launches, far more than the 4-bit kernels need (figures: bench/GPU.md, from bench/results/).
 Capturing one decode step as a CUDA graph removes the launch cost; a decode attention that folds the query
 heads of each KV head into one matmul reads the grouped-query cache once instead of copying it 4x
 (``repeat_kv``); ``torch.compile`` inside the graph fuses the small ops that remain.
@@ -152,7 +152,7 @@ class IncrementalText:
     """Turn a stream of token ids into text pieces as they come (for on_token), never splitting a character.
 
     Decodes only a short window (the last emitted piece's tokens + the new ones), not the whole reply each
-    token: decoding 4,000 tekken ids costs ~1.6 ms, a sizeable share of a 13 ms decode step. The window's
+    token: re-decoding a long reply every token would cost a sizeable share of a fast decode step. The window's
     leading tokens are decoded twice and subtracted, so tokenizers that drop a leading space at the start of a
     decode still get spaces right. A trailing U+FFFD (half a multi-byte character) waits for the next token.
     """
