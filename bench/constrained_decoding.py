@@ -17,6 +17,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -56,7 +57,7 @@ def time_masks(backend: str, lm, ids: list[int], schema: dict) -> dict:
     else:
         from lmformatenforcer import CharacterLevelParserConfig, JsonSchemaParser, TokenEnforcer
 
-        data = c.tokenizer_data(lm)
+        data = lmfe_tokenizer_data(lm)
         table_s = time.perf_counter() - t
         t = time.perf_counter()
         enforcer = TokenEnforcer(data, JsonSchemaParser(schema, CharacterLevelParserConfig(
@@ -70,6 +71,49 @@ def time_masks(backend: str, lm, ids: list[int], schema: dict) -> dict:
     return {"table_seconds": table_s, "compile_seconds": compile_s, "tokens": len(ids),
             "mask_ms_per_token_median": statistics.median(per) * 1000, "mask_ms_per_token_mean":
             statistics.mean(per) * 1000, "mask_ms_per_token_max": max(per) * 1000}
+
+
+# lm-format-enforcer's tables (the kit dropped this backend; the comparison keeps it)
+def tekken_tokenizer_data(inner: Any, eos_ids: list[int]) -> Any:
+    """lm-format-enforcer's tokenizer table for a mistral-common `Tekkenizer` (the adapter it lacks)."""
+    from lmformatenforcer import TokenEnforcerTokenizerData
+    from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
+
+    n_special = inner.num_special_tokens
+    regular = []
+    for idx in range(n_special, inner.n_words):
+        piece = inner.id_to_byte_piece(idx, SpecialTokenPolicy.IGNORE)
+        text = piece.decode("utf-8", errors="replace")
+        regular.append((idx, text, text.startswith(" ")))
+
+    def decode(ids: list[int]) -> str:
+        return inner.decode([i for i in ids if i >= n_special], special_token_policy=SpecialTokenPolicy.IGNORE
+                            ).rstrip("\ufffd")
+
+    return TokenEnforcerTokenizerData(regular, decode, list(eos_ids), False, inner.n_words)
+
+
+def hf_tokenizer_data(tokenizer: Any, eos_ids: list[int], vocab_size: int) -> Any:
+    """lm-format-enforcer's own builder for a transformers tokenizer, with every end-of-sequence id."""
+    from lmformatenforcer import TokenEnforcerTokenizerData
+    from lmformatenforcer.integrations.transformers import build_token_enforcer_tokenizer_data
+
+    data = build_token_enforcer_tokenizer_data(tokenizer, vocab_size=vocab_size)
+    return TokenEnforcerTokenizerData(data.regular_tokens, data.decoder, list(eos_ids), False, vocab_size)
+
+
+def lmfe_tokenizer_data(lm: Any) -> Any:
+    """The (cached) lm-format-enforcer table for a `LoadedModel`'s tokenizer."""
+    from magistral_kit.model import constrained as c
+
+    tables = c._tables(lm)
+    if "lmfe" not in tables:
+        if lm.tokenizer_kind == "tekken":
+            tables["lmfe"] = tekken_tokenizer_data(lm.tokenizer.instruct_tokenizer.tokenizer, lm.eos_token_ids)
+        else:
+            tables["lmfe"] = hf_tokenizer_data(lm.tokenizer, lm.eos_token_ids,
+                                               min(c._vocab_size(lm), len(lm.tokenizer)))
+    return tables["lmfe"]
 
 
 def model_step_ms(lm, steps: int) -> float:

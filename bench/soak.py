@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         "superseded": sum(r["superseded"] for r in rows),
         "grounding_rule_heldout": grounding_heldout(),
         "step_seconds_median": _step_medians(rows),
-        "extraction_backend": config.extraction_backend, "extraction_constrained": config.extraction_constrained,
+        "extraction_backend": "xgrammar", "extraction_constrained": config.extraction_constrained,
         "extraction_max_new_tokens": config.extraction_max_new_tokens,
         "seconds_total": time.perf_counter() - start,
         "turn_seconds_median": statistics.median(sum(v for k, v in r.items() if k.startswith("s_")) for r in rows)

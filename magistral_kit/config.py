@@ -86,8 +86,6 @@ class KitConfig(BaseModel):
         160, "memory", "cap on the extractor's output; the extraction schema's length bounds fit in it", ge=16)
     extraction_constrained: bool = _field(
         True, "memory", "decode the extractor's output constrained to the extraction JSON schema")
-    extraction_backend: Literal["xgrammar", "lm-format-enforcer"] = _field(
-        "xgrammar", "memory", "constrained-decoding library (bench/constrained_decoding.py compares them)")
     supersede_min_score: float = _field(
         0.35, "memory", "score (cosine or fused) above which a newer message in the same first-person frame archives an older "
         "one ('I live in Lisbon' → 'I live in Porto now')", ge=0.0, le=1.0)

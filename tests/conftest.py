@@ -5,6 +5,11 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The kit's NF4 Triton kernels run on the CPU through Triton's interpreter. Triton reads the variable when a
+# kernel is defined, and other tests import the kernel module long before tests/test_nf4_kernel.py is collected,
+# so it is set here, first. KIT_TEST_DEVICE=cuda runs the same kernel tests compiled on a GPU.
+if os.environ.get("KIT_TEST_DEVICE", "cpu") == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest
 

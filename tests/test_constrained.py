@@ -5,7 +5,7 @@ import json
 import pytest
 
 from magistral_kit.memory.extraction import extraction_messages, schema
-from magistral_kit.model.constrained import BACKENDS, generate_json, generate_json_batch, tekken_tokenizer_data
+from magistral_kit.model.constrained import BACKENDS, generate_json, generate_json_batch
 
 SMALL = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 6},
                                           "n": {"type": "integer", "minimum": 0, "maximum": 99}},
@@ -33,18 +33,7 @@ def test_tekken_tokenizer_works_through_the_adapter(tiny_config, backend):
     assert lm.tokenizer_kind == "tekken"
     out = generate_json(lm, [{"role": "user", "content": "I live in Oslo."}], SMALL, 60, backend=backend)
     assert out.stopped == "eos", out.text  # random weights, yet the schema closes the object
-    # lm-format-enforcer lets raw control characters (tabs) into JSON strings: valid only to a lenient
-    # parser; one reason the kit's default backend is xgrammar
-    check_small(out.text, strict=backend == "xgrammar")
-
-
-def test_tekken_table_has_no_control_tokens(tiny_config):
-    from magistral_kit.model.loading import load_model
-
-    inner = load_model(tiny_config, progress=False).tokenizer.instruct_tokenizer.tokenizer
-    table = tekken_tokenizer_data(inner, [inner.eos_id])
-    ids = [i for i, _, _ in table.regular_tokens]
-    assert min(ids) == inner.num_special_tokens and len(ids) == inner.n_words - inner.num_special_tokens
+    check_small(out.text, strict=True)
 
 
 def test_the_extraction_schema_on_the_tekken_model_parses(tiny_config):

@@ -101,7 +101,7 @@ def test_many_turns_through_each_version(magistral_dirs, tmp_path, version):
     assert "Noted: Ana lives in Lisbon.</s>" in last
     exchanges = last.split("[/SYSTEM_PROMPT]")[1]
     assert "mountains" not in exchanges and "silence" not in exchanges
-    assert recall.retrieved and "- Ana lives in Lisbon." in last.split("[/SYSTEM_PROMPT]")[0]
+    assert recall.retrieved and "Ana lives in Lisbon." in last.split("[/SYSTEM_PROMPT]")[0]
     # extraction ran every turn on the same formatting; the JSON path stored the fact
     assert complete.extraction.path == "json" and complete.stored_ids
     assert complete.extraction.items[0].text == "Ana lives in Lisbon."

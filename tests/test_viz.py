@@ -148,7 +148,7 @@ def test_build_demo_cube_resets_and_edits_show_before_and_after(tmp_path):
     gone = inspector.delete_and_show(mem, target)
     assert gone.after is None and gone.rank_before == 1 and gone.rank_after is None and len(mem) == 5
     table = inspector.memory_table(mem)
-    assert target not in table["id"].tolist() and list(table.columns[:3]) == ["text", "kind", "source"]
+    assert target not in table["id"].tolist() and list(table.columns[:4]) == ["text", "kind", "status", "source"]
     mem.close()
 
 

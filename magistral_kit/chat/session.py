@@ -243,8 +243,7 @@ class Chat:
             from magistral_kit.memory.extraction import schema
             from magistral_kit.model.constrained import generate_json
 
-            return generate_json(self.lm, messages, schema(), max_new_tokens,
-                                 backend=self.config.extraction_backend).text
+            return generate_json(self.lm, messages, schema(), max_new_tokens).text
         if self.lm.tokenizer_kind == "tekken":  # Magistral reasons first: leave room for the trace
             max_new_tokens = max(max_new_tokens, min(self.config.max_new_tokens, 2048))
         reply = generate_reply(self.lm, messages, self._extract_config, max_new_tokens=max_new_tokens)

@@ -479,7 +479,10 @@ class Memory:
         return self.embedder.encode(list(texts))
 
     def __len__(self) -> int:
-        return 0 if self._record is None or self._closed else self._record.count()
+        """How many memories the cube holds (for a closed cube: how many it held when it was closed)."""
+        if self._closed:
+            return getattr(self, "_count_at_close", 0)
+        return 0 if self._record is None else self._record.count()
 
     # --- writing ---------------------------------------------------------------------------------------
     def add(self, text: str, source: Iterable[str] = (), kind: str = "manual", meta: dict | None = None) -> str:
@@ -585,6 +588,10 @@ class Memory:
         with self._lock:
             if self._closed:
                 return
+            try:
+                self._count_at_close = len(self)
+            except Exception:  # noqa: BLE001 - a damaged record still closes
+                self._count_at_close = 0
             self._closed = True
             self._release()
         with _OPEN_LOCK:

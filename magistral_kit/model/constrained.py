@@ -3,10 +3,11 @@
 Why: a 135M model almost never writes MemOS's extraction JSON unaided, and repairing broken JSON stored
 fragments the user never said. With the schema enforced token by token, every finished output parses.
 
-Two maintained libraries are wired in; `bench/constrained_decoding.py` measures both (time per token,
-install size) and `BACKEND` is the one picked: xgrammar (compiled token masks) by default,
-lm-format-enforcer as the alternative. Neither reads a tekken tokenizer by itself (lm-format-enforcer fails
-with `no attribute 'all_special_ids'`), so both get their vocabulary table from the Tekkenizer's byte
+`bench/constrained_decoding.py` compared two maintained libraries (time per token, install size, output
+validity) and xgrammar (compiled token masks) is the one used. lm-format-enforcer, the other, was dropped: on
+the tekken tokenizer it let raw control characters into JSON strings, and on the embedded model it let whitespace
+run on until the token limit, so the object never closed (the bench keeps its adapter for the comparison).
+xgrammar does not read a tekken tokenizer by itself, so it gets its vocabulary table from the Tekkenizer's byte
 pieces here. Tables are built once per tokenizer (they walk the whole vocabulary).
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 _TABLES: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
-BACKENDS = ("xgrammar", "lm-format-enforcer")
+BACKENDS = ("xgrammar",)
 BACKEND = "xgrammar"
 
 
@@ -31,34 +32,6 @@ class ConstrainedOutput:
     tokens_out: int
     seconds: float
     stopped: str  # 'eos' (the schema was complete) or 'max_new_tokens'
-
-
-def tekken_tokenizer_data(inner: Any, eos_ids: list[int]) -> Any:
-    """lm-format-enforcer's tokenizer table for a mistral-common `Tekkenizer` (the adapter it lacks)."""
-    from lmformatenforcer import TokenEnforcerTokenizerData
-    from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
-
-    n_special = inner.num_special_tokens
-    regular = []
-    for idx in range(n_special, inner.n_words):
-        piece = inner.id_to_byte_piece(idx, SpecialTokenPolicy.IGNORE)
-        text = piece.decode("utf-8", errors="replace")
-        regular.append((idx, text, text.startswith(" ")))
-
-    def decode(ids: list[int]) -> str:
-        return inner.decode([i for i in ids if i >= n_special], special_token_policy=SpecialTokenPolicy.IGNORE
-                            ).rstrip("\ufffd")
-
-    return TokenEnforcerTokenizerData(regular, decode, list(eos_ids), False, inner.n_words)
-
-
-def hf_tokenizer_data(tokenizer: Any, eos_ids: list[int], vocab_size: int) -> Any:
-    """lm-format-enforcer's own builder for a transformers tokenizer, with every end-of-sequence id."""
-    from lmformatenforcer import TokenEnforcerTokenizerData
-    from lmformatenforcer.integrations.transformers import build_token_enforcer_tokenizer_data
-
-    data = build_token_enforcer_tokenizer_data(tokenizer, vocab_size=vocab_size)
-    return TokenEnforcerTokenizerData(data.regular_tokens, data.decoder, list(eos_ids), False, vocab_size)
 
 
 def xgrammar_tokenizer_info(lm: Any, vocab_size: int) -> Any:
@@ -89,18 +62,6 @@ def _tables(lm: Any) -> dict:
     return tables
 
 
-def tokenizer_data(lm: Any) -> Any:
-    """The (cached) lm-format-enforcer table for a `LoadedModel`'s tokenizer."""
-    tables = _tables(lm)
-    if "lmfe" not in tables:
-        if lm.tokenizer_kind == "tekken":
-            tables["lmfe"] = tekken_tokenizer_data(lm.tokenizer.instruct_tokenizer.tokenizer, lm.eos_token_ids)
-        else:
-            tables["lmfe"] = hf_tokenizer_data(lm.tokenizer, lm.eos_token_ids,
-                                               min(_vocab_size(lm), len(lm.tokenizer)))
-    return tables["lmfe"]
-
-
 def _xgrammar_compiled(lm: Any, schema: dict) -> Any:
     import xgrammar as xgr
 
@@ -119,12 +80,6 @@ def _constraint(lm: Any, schema: dict, backend: str) -> dict:
         import xgrammar as xgr
 
         return {"logits_processor": [xgr.contrib.hf.LogitsProcessor(_xgrammar_compiled(lm, schema))]}
-    if backend == "lm-format-enforcer":
-        from lmformatenforcer import CharacterLevelParserConfig, JsonSchemaParser
-        from lmformatenforcer.integrations.transformers import build_transformers_prefix_allowed_tokens_fn
-
-        parser = JsonSchemaParser(schema, CharacterLevelParserConfig(max_consecutive_whitespaces=1))
-        return {"prefix_allowed_tokens_fn": build_transformers_prefix_allowed_tokens_fn(tokenizer_data(lm), parser)}
     raise ValueError(f"constrained decoding backend {backend!r} is not one of {BACKENDS}")
 
 
