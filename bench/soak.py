@@ -173,8 +173,13 @@ def markdown_table(result: dict) -> str:
         f"| memory layer per turn, median | {result['memory_layer_ms_median']:.0f} ms |",
         f"| extraction paths | {paths} |",
     ]
-    return "\n".join(rows) + (f"\n\nModel {result['model']}, {m['cpu']}, {m['cores']} cores, Python {m['python']} "
-                              "(`bench/results/soak_200.json`).")
+    if "user_messages_lost" in result:  # the faithful-memory flow records these; the earlier soak did not
+        rows += [f"| user messages lost | {result['user_messages_lost']} of {result['user_messages']} |",
+                 f"| extracted items kept / rejected as ungrounded | {result['extracted_kept']} / "
+                 f"{result['extracted_rejected_ungrounded']} |"]
+    load = m.get("load_average")
+    return "\n".join(rows) + (f"\n\nModel {result['model']}, {m['cpu']}, {m['cores']} cores, Python {m['python']}"
+                              + (f", load average at the start {load}" if load else "") + ".")
 
 
 if __name__ == "__main__":
