@@ -39,6 +39,32 @@ RESULTS = BENCH / "results" / "memory_scale.json"
 REAL = 100_000  # texts embedded for real; larger sizes use derived vectors
 
 
+# The memory layer before this rebuild (journal + snapshots + qdrant-client local mode), measured side by side.
+LEGACY_COMMIT = "204f337"
+LEGACY_MODULES = ("cube", "durable", "memos_fixes", "retrieval")
+
+
+def legacy_package(dest: Path) -> Path:
+    """Write the memory layer as it was at LEGACY_COMMIT into ``dest/legacy_memory`` from git history (its own
+    imports pointed at that copy) and return ``dest`` for sys.path. Needs a clone with history."""
+    pkg = dest / "legacy_memory"
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").write_text(f'"""magistral_kit/memory at {LEGACY_COMMIT}, for bench/memory_scale.py only."""\n')
+    for name in LEGACY_MODULES:
+        done = subprocess.run(["git", "-C", str(REPO), "show", f"{LEGACY_COMMIT}:magistral_kit/memory/{name}.py"],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"cannot read commit {LEGACY_COMMIT} ({done.stderr.strip()}). Fix: run the comparison "
+                             f"in a full clone (git fetch --unshallow), or leave out the 'before' implementation.")
+        text = done.stdout
+        for old, new in (("from magistral_kit.memory import durable", "from legacy_memory import durable"),
+                         ("magistral_kit.memory.durable", "legacy_memory.durable"),
+                         ("from magistral_kit.memory import memos_fixes", "from legacy_memory import memos_fixes"),
+                         ("magistral_kit.memory.retrieval", "legacy_memory.retrieval")):
+            text = text.replace(old, new)
+        (pkg / f"{name}.py").write_text(text)
+    return dest
+
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
@@ -104,6 +130,7 @@ def worker(impl: str, n: int, queries: int, folder: Path, hnsw_sizes: set[int]) 
         import magistral_kit.memory.cube as M
         from magistral_kit.memory.retrieval import RetrievalOptions
     else:
+        sys.path.insert(0, str(legacy_package(REPO / "tmp" / "legacy_memory_src")))
         import legacy_memory.cube as M
         from legacy_memory.retrieval import RetrievalOptions
     M.get_embedder = lambda name="embedded": fake
