@@ -49,11 +49,9 @@ TABLES: dict[str, tuple[str, str, str]] = {
     "memory_scale": ("bench/memory_scale.py", "markdown_table", "memory_scale.json"),
     "gpu_h200": ("bench/gpu_chat.py", "h200_table", "gpu_chat_h200.json"),
     "gpu_summary": ("bench/gpu_chat.py", "markdown_table", "gpu_chat_h100.json"),
-    "gpu_decode": ("bench/gpu_chat.py", "decode_table", "gpu_chat_h100.json"),
-    "gpu_correctness": ("bench/gpu_chat.py", "correctness_table", "gpu_chat_h100.json"),
-    "gpu_prefill": ("bench/gpu_chat.py", "prefill_table", "gpu_chat_h100.json"),
-    "gpu_load": ("bench/gpu_chat.py", "load_table", "gpu_chat_h100.json"),
-    "gpu_turn": ("bench/gpu_chat.py", "turn_table", "gpu_chat_h100.json"),
+    # GPU.md's H100 sections: gpu_<part> is gpu_chat.py's <part>_table over the same run
+    **{f"gpu_{part}": ("bench/gpu_chat.py", f"{part}_table", "gpu_chat_h100.json")
+       for part in ("decode", "correctness", "prefill", "load", "turn")},
 }
 _BLOCK = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)\n?(<!-- /table:(?P=name) -->)", re.S)
 _MODULES: dict[str, ModuleType] = {}

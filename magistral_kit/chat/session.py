@@ -169,6 +169,7 @@ class Chat:
                 turn.problems.append(f"checking for superseded memories failed ({type(exc).__name__}: {exc})")
 
     def _extract_and_store(self, turn: Turn) -> None:
+        from magistral_kit.memory.episodic import classify
         from magistral_kit.memory.extraction import extract, skipped
 
         if turn.episodic_id is None:
@@ -176,7 +177,7 @@ class Chat:
         if turn.message_kind != "episodic":
             turn.extraction = skipped(f"not extracted: {turn.message_kind_reason}")
             return
-        if self.memory.get(turn.episodic_id).meta.get("instruction_like"):
+        if classify(turn.user).instruction_like:  # derived again (a pure check), not read back from the store
             turn.extraction = skipped("not extracted: the message reads like an instruction to the system")
             return
         with turn.timings.step("extract"):
