@@ -436,7 +436,7 @@ def h200_table(result: dict) -> str:
             agree = f"{n_ok}/{n_clear} ({100 * n_ok / n_clear:.0f} %)" if n_clear else "–"
             cap = (f"{first.get('capture_seconds', 0):.2f} s / {first.get('compile_seconds', 0):.1f} s"
                    if first else "–")
-            runs = ", ".join(f"{r:.1f}" for r in result.get(f"{key}_decode_tok_per_s_runs", []))
+            runs = _runs(result.get(f"{key}_decode_tok_per_s_runs", []))
             label = {"plain": "plain `model.generate`", "graph": "fast, CUDA graph",
                      "compiled": "fast, compiled + graph", "bnb_graph": "fast, CUDA graph",
                      "bnb_compiled": "fast, compiled + graph"}[name]
