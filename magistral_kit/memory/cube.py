@@ -414,15 +414,14 @@ class Memory:
 
     def _lexical_scores(self, query: str, dense_ids: list[str], limit: int, kinds: Sequence[str],
                         exclude: Sequence[str]) -> dict[str, float]:
-        lexical = self._record.lexical
-        scores = lexical.scores(query, limit=limit * 2)
-        scores.update(lexical.scores(query, ids=dense_ids))
-        extra = [i for i in scores if i not in set(dense_ids)]
+        scores = self._record.lexical.scores(query, limit=limit * 2, ids=dense_ids)
+        dense = set(dense_ids)
+        extra = [i for i in scores if i not in dense]
         if extra:
-            rows = self._record.get_many(extra)
+            allowed = self._record.kinds_statuses(extra)
             for i in extra:
-                r = rows.get(i)
-                if r is None or r.kind not in kinds or r.status in exclude:
+                kind, status = allowed.get(i, (None, None))
+                if kind not in kinds or status in exclude:
                     scores.pop(i, None)
         return scores
 

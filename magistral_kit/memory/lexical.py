@@ -136,38 +136,40 @@ class LexicalIndex:
         return self.conn.execute(f"SELECT 1 FROM {self.docs} WHERE doc_id=?", (doc_id,)).fetchone() is not None
 
     def scores(self, query: str, limit: int | None = None, ids: Iterable[str] | None = None) -> dict[str, float]:
-        """BM25 score of the documents sharing a word with `query`: the best `limit` (all when None), or,
-        when `ids` is given, those of these ids that match (each looked up by rowid: FTS5 then scores only
-        them, not every document holding a query word)."""
+        """BM25 score of the documents sharing a word with `query`: the best `limit` of all documents (all of
+        them when neither `limit` nor `ids` is given), plus, when `ids` is given, those of these ids that
+        match. The match expression is computed once; `ids` are scored in one query restricted by rowid, so
+        FTS5 scores only them, not every document holding a query word."""
         self._ensure()
         expr = self._match(query)
         if expr is None:
             return {}
-        if ids is not None:
-            ids = list(ids)
-            out: dict[str, float] = {}
-            for s in range(0, len(ids), 500):
-                part = ids[s:s + 500]
-                rows = self.conn.execute(f"SELECT rowid, doc_id FROM {self.docs} WHERE doc_id IN "
-                                         f"({','.join('?' * len(part))})", part).fetchall()
-                for rowid, doc_id in rows:
-                    hit = self.conn.execute(f"SELECT -bm25({self.fts}) FROM {self.fts} WHERE {self.fts} MATCH ? "
-                                            f"AND rowid = ?", (expr, rowid)).fetchone()
-                    if hit is not None:
-                        out[doc_id] = float(hit[0])
-            return out
-        inner = f"SELECT rowid, rank AS s FROM {self.fts} WHERE {self.fts} MATCH ? ORDER BY rank"
-        args: list = [expr]
-        if limit is not None:
-            inner += " LIMIT ?"
-            args.append(int(limit))
-        sql = f"SELECT d.doc_id, -t.s FROM ({inner}) t JOIN {self.docs} d ON d.rowid = t.rowid"
-        return {doc_id: float(s) for doc_id, s in self.conn.execute(sql, args)}
+        out: dict[str, float] = {}
+        if limit is not None or ids is None:
+            inner = f"SELECT rowid, rank AS s FROM {self.fts} WHERE {self.fts} MATCH ? ORDER BY rank"
+            args: list = [expr]
+            if limit is not None:
+                inner += " LIMIT ?"
+                args.append(int(limit))
+            sql = f"SELECT d.doc_id, -t.s FROM ({inner}) t JOIN {self.docs} d ON d.rowid = t.rowid"
+            out.update((doc_id, float(s)) for doc_id, s in self.conn.execute(sql, args))
+        wanted = [i for i in ids if i not in out] if ids is not None else []
+        for s in range(0, len(wanted), 500):
+            part = wanted[s:s + 500]
+            rowids = [r[0] for r in self.conn.execute(
+                f"SELECT rowid FROM {self.docs} WHERE doc_id IN ({','.join('?' * len(part))})", part)]
+            if not rowids:
+                continue
+            sql = (f"SELECT d.doc_id, -bm25({self.fts}) FROM {self.fts} JOIN {self.docs} d ON d.rowid = "
+                   f"{self.fts}.rowid WHERE {self.fts} MATCH ? AND {self.fts}.rowid IN "
+                   f"({','.join('?' * len(rowids))})")
+            out.update((doc_id, float(s)) for doc_id, s in self.conn.execute(sql, [expr, *rowids]))
+        return out
 
     # A word held by more than this share of the memories (and more than COMMON_MIN of them) is left out of
-    # the match: its idf is below log(1 + 1/share) ≈ 3, and scoring it means a pass over that share of the
+    # the match: its idf is below log(1 + 1/share) ≈ 3.5, and scoring it means a pass over that share of the
     # cube on every search (bench/memory_scale.py: FTS5 scores every document that holds a query word to rank the best few).
-    COMMON_SHARE = 0.05
+    COMMON_SHARE = 0.03
     COMMON_MIN = 2000
 
     def _match(self, query: str) -> str | None:

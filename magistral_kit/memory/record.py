@@ -187,6 +187,16 @@ class Record:
         with self._lock:
             return int(self.conn.execute("SELECT count(*) FROM memories").fetchone()[0])
 
+    def kinds_statuses(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """{id: (kind, status)} of these ids (no texts, payloads or vectors: the search's filter)."""
+        out: dict[str, tuple[str, str]] = {}
+        with self._lock:
+            for s in range(0, len(ids), 500):
+                part = list(ids[s:s + 500])
+                out.update((i, (k, st)) for i, k, st in self.conn.execute(
+                    f"SELECT id, kind, status FROM memories WHERE id IN ({','.join('?' * len(part))})", part))
+        return out
+
     def ids_kinds(self) -> list[tuple[str, str, str, int]]:
         """(id, kind, status, seq) of every memory, without texts or vectors (cheap)."""
         with self._lock:
