@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                          "extraction": ex.path if ex else None,
                          "extracted_kept": len(ex.items) if ex else 0,
                          "extracted_rejected": len(ex.rejected) if ex else 0,
+                         "extraction_tokens": ex.tokens_out if ex else None,
                          "rejected": [i.text for i in ex.rejected] if ex else [],
                          "kept": [i.text for i in ex.items] if ex else [],
                          "superseded": len(turn.superseded),
@@ -141,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         "superseded": sum(r["superseded"] for r in rows),
         "grounding_rule_heldout": grounding_heldout(),
         "step_seconds_median": _step_medians(rows),
+        "extraction_tokens_median": statistics.median(t) if (t := [r["extraction_tokens"] for r in rows
+                                                                    if r.get("extraction_tokens")]) else None,
         "extraction_backend": "xgrammar", "extraction_constrained": config.extraction_constrained,
         "extraction_max_new_tokens": config.extraction_max_new_tokens,
         "seconds_total": time.perf_counter() - start,
@@ -177,6 +180,16 @@ def markdown_table(result: dict) -> str:
         rows += [f"| user messages lost | {result['user_messages_lost']} of {result['user_messages']} |",
                  f"| extracted items kept / rejected as ungrounded | {result['extracted_kept']} / "
                  f"{result['extracted_rejected_ungrounded']} |"]
+        steps = ", ".join(f"{k} {v:.2f} s" for k, v in result.get("step_seconds_median", {}).items())
+        if steps:
+            rows.append(f"| per-step time of a turn, medians | {steps} |")
+        if result.get("extraction_tokens_median"):
+            rows.append(f"| extractor output per extraction, median | {result['extraction_tokens_median']:.0f} "
+                        f"tokens (cap {result['extraction_max_new_tokens']}) |")
+        g = result.get("grounding_rule_heldout")
+        if g:
+            rows.append(f"| grounding rule on the held-out labels | precision {g['precision']:.3f}, recall "
+                        f"{g['recall']:.3f} ({g['items']} items) |")
     load = m.get("load_average")
     return "\n".join(rows) + (f"\n\nModel {result['model']}, {m['cpu']}, {m['cores']} cores, Python {m['python']}"
                               + (f", load average at the start {load}" if load else "") + ".")

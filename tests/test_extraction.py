@@ -4,7 +4,7 @@ import json
 import pytest
 
 from magistral_kit.memory.extraction import (
-    SCHEMA_FILE, extract, extraction_messages, parse_output, schema,
+    SCHEMA_FILE, extract, extraction_messages, parse_output, schema, schema_for,
 )
 
 USER = "My sister Ana moved to Lisbon in May 2025 and works as a marine biologist."
@@ -72,3 +72,26 @@ def test_extractor_sees_only_the_user_message_and_the_cap():
     (messages, cap), = seen
     assert cap == 77 and messages == extraction_messages(USER)
     assert USER in messages[-1]["content"] and "assistant" not in json.dumps(messages).lower()
+
+
+@pytest.mark.parametrize("message, items", [
+    ("My sister Ana works as a marine biologist in Lisbon.", 1),
+    ("I quit coffee in January. My dog Rex turned 5 last week. I live in Porto.", 2),  # the committed cap
+    ("Which city do I live in?", 1),
+    ("Hi! I moved to Oslo. What should I see first?", 1),
+])
+def test_schema_for_allows_one_item_per_stated_sentence(message, items):
+    s = schema_for(message)
+    assert s["properties"]["memory list"]["maxItems"] == items
+    assert schema()["properties"]["memory list"]["maxItems"] == 2  # the committed schema is untouched
+
+
+def test_the_extractors_token_count_reaches_the_extraction():
+    class Result:
+        text = doc("Ana moved to Lisbon in May 2025.")
+        tokens_out = 42
+
+    ex = extract(USER, lambda m, n: Result())
+    assert ex.path == "json" and ex.tokens_out == 42 and ex.to_dict()["tokens_out"] == 42
+    assert "42 tokens" in ex._repr_html_()
+    assert extract(USER, lambda m, n: doc("Ana moved to Lisbon.")).tokens_out is None

@@ -23,7 +23,7 @@ def memos_json(*items):
 
 
 def test_every_message_is_stored_verbatim_and_questions_kept_apart(chat):
-    chat.extractor_llm = lambda m, n: '{"memory list": [], "summary": ""}'
+    chat.extractor_llm = lambda m, n, **kw: '{"memory list": [], "summary": ""}'
     fact = chat.send("My sister Ana works as a marine biologist in Lisbon.")
     question = chat.send("Which city does my sister live in?")
     hello = chat.send("Hi there!")
@@ -39,7 +39,7 @@ def test_every_message_is_stored_verbatim_and_questions_kept_apart(chat):
 
 
 def test_json_path_end_to_end_key_and_tags_reach_the_stored_item(chat):
-    chat.extractor_llm = lambda m, n: memos_json(
+    chat.extractor_llm = lambda m, n, **kw: memos_json(
         ("sister job", "Ana works as a marine biologist in Lisbon.", ["family", "work"]),
         ("sister employer", "Ana works at a company called Oceanix.", ["work"]))
     turn = chat.send("My sister Ana works as a marine biologist in Lisbon.")
@@ -57,7 +57,7 @@ def test_json_path_end_to_end_key_and_tags_reach_the_stored_item(chat):
 
 
 def test_an_extractor_that_raises_shows_in_problems_html_and_log(chat):
-    def broken(messages, n):
+    def broken(messages, n, **kw):
         raise RuntimeError("CUDA out of memory (scripted)")
 
     chat.extractor_llm = broken
@@ -70,7 +70,7 @@ def test_an_extractor_that_raises_shows_in_problems_html_and_log(chat):
 
 
 def test_a_newer_statement_supersedes_the_older_one(chat):
-    chat.extractor_llm = lambda m, n: '{"memory list": [], "summary": ""}'
+    chat.extractor_llm = lambda m, n, **kw: '{"memory list": [], "summary": ""}'
     old = chat.send("I live in Lisbon, near the river.")
     chat.send("My favourite tea is jasmine.")
     new = chat.send("Big news: I live in Porto now, we moved last month.")
@@ -85,7 +85,7 @@ def test_a_newer_statement_supersedes_the_older_one(chat):
 
 
 def test_corrections_forget_and_replace(chat):
-    chat.extractor_llm = lambda m, n: '{"memory list": [], "summary": ""}'
+    chat.extractor_llm = lambda m, n, **kw: '{"memory list": [], "summary": ""}'
     chat.send("My dentist appointment is on 2 May at 10:15.")
     chat.send("My cat is called Pixel.")
     preview = chat.preview_correction("Forget that my dentist appointment is on 2 May")
@@ -108,7 +108,7 @@ def test_corrections_forget_and_replace(chat):
 def test_corrections_from_the_panel(chat):
     from magistral_kit.notebook import panel as ui
 
-    chat.extractor_llm = lambda m, n: '{"memory list": [], "summary": ""}'
+    chat.extractor_llm = lambda m, n, **kw: '{"memory list": [], "summary": ""}'
     panel = ui.chat_panel(chat)
     panel.widget()
     chat.remember("My gym locker code is 4719.")

@@ -15,7 +15,9 @@ import signal
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from functools import partial
+from types import SimpleNamespace
+from typing import Any, Callable, Iterator
 
 from magistral_kit.config import KitConfig
 from magistral_kit.diagnostics import memory_reading
@@ -181,7 +183,8 @@ class Chat:
             turn.extraction = skipped("not extracted: the message reads like an instruction to the system")
             return
         with turn.timings.step("extract"):
-            turn.extraction = extract(turn.user, self.extractor_llm, self.config.extraction_max_new_tokens)
+            turn.extraction = extract(turn.user, partial(self.extractor_llm, user_text=turn.user),
+                                      self.config.extraction_max_new_tokens)
         ex = turn.extraction
         if ex.error:
             turn.problems.append(f"extraction failed ({ex.error}); the message is stored verbatim, nothing "
@@ -236,19 +239,20 @@ class Chat:
             return None
         return corrections.plan(self.memory, correction, self.turns)
 
-    def extractor_llm(self, messages: list[dict], max_new_tokens: int) -> str:
+    def extractor_llm(self, messages: list[dict], max_new_tokens: int, user_text: str | None = None) -> Any:
         """The shared model as the extractor: messages in (the model's own chat format, tekken included),
-        text out, greedy; decoding constrained to the extraction schema unless `extraction_constrained`
-        is off (then a reasoning model gets room for its trace, which the parser removes)."""
+        a result with ``.text`` and ``.tokens_out`` out, greedy; decoding constrained to the extraction
+        schema (`schema_for` the user's message, when given) unless `extraction_constrained` is off (then
+        a reasoning model gets room for its trace, which the parser removes)."""
         if self.config.extraction_constrained:
-            from magistral_kit.memory.extraction import schema
+            from magistral_kit.memory.extraction import schema, schema_for
             from magistral_kit.model.constrained import generate_json
 
-            return generate_json(self.lm, messages, schema(), max_new_tokens).text
+            return generate_json(self.lm, messages, schema_for(user_text) if user_text else schema(), max_new_tokens)
         if self.lm.tokenizer_kind == "tekken":  # Magistral reasons first: leave room for the trace
             max_new_tokens = max(max_new_tokens, min(self.config.max_new_tokens, 2048))
         reply = generate_reply(self.lm, messages, self._extract_config, max_new_tokens=max_new_tokens)
-        return reply.raw
+        return SimpleNamespace(text=reply.raw, tokens_out=reply.tokens_out)
 
     def _log(self, turn: Turn) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

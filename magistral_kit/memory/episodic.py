@@ -56,11 +56,16 @@ def _is_statement(sentence: str) -> bool:
     return len(re.findall(r"\w+", body)) >= 2
 
 
+def statements(text: str) -> list[str]:
+    """The sentences of `text` that state something (not questions, greetings or requests)."""
+    return [s for s in sentences(text) if _is_statement(s)]
+
+
 def classify(text: str) -> MessageKind:
     """"episodic" when some sentence states something, else "episodic-question" (question / small talk)."""
     injected = bool(_INSTRUCTION_LIKE.search(text))
     parts = sentences(text)
-    facts = [s for s in parts if _is_statement(s)]
+    facts = statements(text)
     if facts:
         return MessageKind("episodic", f"states something: {facts[0][:60]!r}", injected)
     if any(s.rstrip().endswith("?") or s.startswith("¿") for s in parts):

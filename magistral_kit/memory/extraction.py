@@ -27,7 +27,7 @@ from typing import Any, Callable, Literal
 from magistral_kit.memory.grounding import Verdict, check
 from magistral_kit.memory.memos_fixes import strip_reasoning
 
-LLM = Callable[[list[dict], int], str]
+LLM = Callable[[list[dict], int], Any]  # text, or a result with .text (and .tokens_out)
 Path_ = Literal["json", "empty", "invalid", "error", "skipped"]
 SCHEMA_FILE = Path(__file__).with_name("extraction_schema.json")
 
@@ -44,6 +44,23 @@ INSTRUCTION = ('Message from the user:\n"""\n{message}\n"""\n\nWrite {{"memory l
 def schema() -> dict:
     """The committed JSON schema of the extractor's output."""
     return json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+
+
+@lru_cache(maxsize=8)
+def _schema_with_items(max_items: int) -> dict:
+    out = json.loads(json.dumps(schema()))
+    out["properties"]["memory list"]["maxItems"] = max_items
+    return out
+
+
+def schema_for(user_text: str) -> dict:
+    """The schema for one message: at most one item per sentence that states something (up to the committed
+    schema's maxItems). A one-sentence message has one fact to extract: a second item can only repeat it
+    (the embedded extractor wrote the same value twice) and costs a third of the output's tokens."""
+    from magistral_kit.memory.episodic import statements
+
+    cap = schema()["properties"]["memory list"]["maxItems"]
+    return _schema_with_items(max(1, min(cap, len(statements(user_text)))))
 
 
 def extraction_messages(user_text: str) -> list[dict]:
@@ -90,6 +107,7 @@ class Extraction:
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     summary: str = ""
+    tokens_out: int | None = None  # tokens the extractor generated (its cost), when the extractor says
 
     def records(self, source: list[str] = (), meta: dict | None = None) -> list[dict[str, Any]]:
         """The grounded items as `Memory.add_many` dicts of kind "extracted"."""
@@ -100,7 +118,8 @@ class Extraction:
         return {"path": self.path, "items": [i.text for i in self.items],
                 "keys": [i.key for i in self.items], "tags": [i.tags for i in self.items],
                 "rejected": [{"text": i.text, "why": i.verdict.reason if i.verdict else ""} for i in self.rejected],
-                "model_output": self.model_output, "seconds": self.seconds, "error": self.error,
+                "model_output": self.model_output, "seconds": self.seconds, "tokens_out": self.tokens_out,
+                "error": self.error,
                 "notes": list(self.notes)}
 
     def _repr_html_(self) -> str:
@@ -110,7 +129,8 @@ class Extraction:
                       for i in self.rejected)
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
         return (f"<div><b>extraction</b>: path <b style='color:{colour}'>{self.path}</b>, {len(self.items)} "
-                f"kept, {len(self.rejected)} rejected as ungrounded, {self.seconds:.2f} s<ul>{items}</ul>"
+                f"kept, {len(self.rejected)} rejected as ungrounded, {self.seconds:.2f} s"
+                + (f", {self.tokens_out} tokens" if self.tokens_out is not None else "") + f"<ul>{items}</ul>"
                 + (f"<div>rejected:<ul>{rej}</ul></div>" if rej else "")
                 + (f"<div style='color:#b00'>error: {html.escape(self.error)}</div>" if self.error else "")
                 + (f"<div>notes:<ul>{notes}</ul></div>" if notes else "")
@@ -130,8 +150,12 @@ def extract(user_text: str, llm: LLM, max_new_tokens: int = 256) -> Extraction:
     An extractor that raises gives path "error" with the exception in `error` (the chat shows it).
     """
     started = time.perf_counter()
+    tokens_out = None
     try:
         output = llm(extraction_messages(user_text), max_new_tokens)
+        if not isinstance(output, str):  # a generation result: its text and how many tokens it cost
+            tokens_out = getattr(output, "tokens_out", None)
+            output = getattr(output, "text", output)
         if not isinstance(output, str):
             raise TypeError(f"extractor returned {type(output).__name__}, not text")
     except Exception as exc:  # noqa: BLE001 - the user's message is stored anyway; the error is shown
@@ -139,6 +163,7 @@ def extract(user_text: str, llm: LLM, max_new_tokens: int = 256) -> Extraction:
                           error=f"{type(exc).__name__}: {exc}"[:500])
     result = parse_output(output, user_text)
     result.seconds = time.perf_counter() - started
+    result.tokens_out = tokens_out
     return result
 
 
