@@ -97,5 +97,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def markdown_table(result: dict) -> str:
+    """README's answer-use table (bench/report.py): one row per prompt placement, per conversation topic."""
+    convs = result["conversations"]
+    head = ("| memories in the prompt | questions | answer contains the fact | gold fact in the prompt | "
+            "answer uses it when given | " + " | ".join(convs) + " |\n|---|---:|---:|---:|---:|"
+            + "---:|" * len(convs))
+    names = {"system": "system prompt, a list (before)", "user": "quoted before the message (after)"}
+    lines = [head]
+    for r in result["results"]:
+        per = []
+        for c in convs:
+            rows = [x for x in r["rows"] if x["conversation"] == c]
+            per.append(f"{sum(x['used'] for x in rows)}/{len(rows)}")
+        used = sum(x["used"] for x in r["rows"])
+        given = sum(x["retrieved"] for x in r["rows"])
+        used_given = sum(x["used"] for x in r["rows"] if x["retrieved"])
+        lines.append(f"| {names.get(r['placement'], r['placement'])} | {r['questions']} | {used} "
+                     f"({used / max(1, r['questions']):.0%}) | {given} | {used_given} of {given} | "
+                     + " | ".join(per) + " |")
+    m = result["machine"]
+    return "\n".join(lines) + (
+        f"\n\nModel {result['model']}, greedy, replies up to {result['max_new_tokens']} tokens, extraction "
+        f"{'on' if result['extract'] else 'off'}; questions from `{result['data']}` asked by a new chat after "
+        f"every session was stored and the cube reopened; {m['cpu']}, {m['cores']} cores "
+        f"(`bench/results/answer_use.json`).")
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

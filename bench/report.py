@@ -44,6 +44,7 @@ TABLES: dict[str, tuple[str, str, str]] = {
     "memory_cost": ("bench/memory_cost.py", "markdown_table", "memory_cost.json"),
     "soak": ("bench/soak.py", "markdown_table", "soak_200.json"),
     "soak_new": ("bench/soak.py", "markdown_table", "soak_4.json"),
+    "answer_use": ("bench/answer_use.py", "markdown_table", "answer_use.json"),
     "locomo": ("bench/locomo_recall.py", "markdown_table", "locomo_raw.json"),
     "locomo_ablation": ("bench/locomo_recall.py", "ablation_table", "locomo_ablation.json"),
     "memory_scale": ("bench/memory_scale.py", "markdown_table", "memory_scale.json"),

@@ -82,6 +82,9 @@ class KitConfig(BaseModel):
         "", "memory", "'' = the dense index in the cube folder (Qdrant Edge); 'http://host:6333' = a Qdrant "
         "server or cluster (API key from $QDRANT_API_KEY); the SQLite record stays in the cube folder")
     extract: bool = _field(True, "memory", "run MemOS extraction after each turn")
+    extract_after_answer: bool = _field(
+        False, "memory", "return a turn once its reply is done and the message stored verbatim; extraction "
+        "then runs in the background (the Turn shows it pending, then done) and the next message waits for it")
     extraction_max_new_tokens: int = _field(
         160, "memory", "cap on the extractor's output; the extraction schema's length bounds fit in it", ge=16)
     extraction_constrained: bool = _field(

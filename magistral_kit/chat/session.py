@@ -13,6 +13,7 @@ import os
 import secrets
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from functools import partial
@@ -38,6 +39,7 @@ class Chat:
         self.turns: list[Turn] = []
         self._extract_config = config.replace(temperature=0.0)
         self.log_path = Path(memory.path) / "sessions" / f"{self.session}.jsonl"
+        self._background: threading.Thread | None = None  # extract_after_answer's running extraction
 
     # --- one turn --------------------------------------------------------------------------------------
     def send(self, text: str, on_text: Callable[[str], None] | None = None) -> Turn:
@@ -54,10 +56,18 @@ class Chat:
         history and no extracted memory of it is stored. Either way the turn is in `turns` and the session
         log, marked ``interrupted``, and the next `send` works. Storing and logging are never cut half-way
         (an interrupt there is held until they finish).
+
+        With ``KitConfig.extract_after_answer`` the turn returns once the reply is done and the message is
+        stored; its extraction runs in a background thread (``turn.extraction_state``: "pending", then
+        "done"; the session log gets the turn again when done), and the next `send` waits for it.
         """
         if not isinstance(text, str) or not text.strip():
             raise ValueError("send() needs a non-empty message string")
+        # the previous turn's extraction (extract_after_answer) finishes first: memories stay in turn order
+        waited = self.wait() if self._background is not None else None
         turn = Turn(id=f"{self.session}-t{len(self.turns) + 1}", user=text)
+        if waited is not None:
+            turn.timings.steps["wait for extraction"] = waited
         stage = "generation"
         try:
             if self._use_memory and self._correct(turn, on_text):
@@ -77,7 +87,12 @@ class Chat:
             turn.problems.append(f"interrupted during {stage}: {what}")
             self._finish(turn)
             raise
-        return self._finish(turn)
+        self._finish(turn)
+        if turn.extraction_state == "pending":  # logged as pending; the thread logs it again when done
+            self._background = threading.Thread(target=self._extract_after_answer, args=(turn,),
+                                                name=f"extract {turn.id}", daemon=True)
+            self._background.start()
+        return turn
 
     def _answer(self, turn: Turn, on_text: Callable[[str], None] | None) -> None:
         """Retrieve, keep the message, build the prompt, generate; then the exchange enters the history (if
@@ -106,9 +121,41 @@ class Chat:
 
     def _remember(self, turn: Turn) -> None:
         if self._use_memory and self.config.extract:
-            self._extract_and_store(turn)
+            if self.config.extract_after_answer and turn.message_kind == "episodic" and turn.episodic_id:
+                turn.extraction_state = "pending"  # `send` starts it once the turn is logged
+            else:
+                self._extract_and_store(turn)
         elif self._use_memory:
             turn.notes.append("extraction off: the message is stored verbatim only")
+
+    def _extract_after_answer(self, turn: Turn) -> None:
+        """The background half of a turn (KitConfig.extract_after_answer): extract, store, log the turn
+        again (its id repeated, `extraction_state` "done"), then tell whoever watches the turn."""
+        try:
+            self._extract_and_store(turn)
+        except BaseException as exc:  # noqa: BLE001 - the message is stored; the turn says what happened
+            turn.problems.append(f"extraction after the answer failed ({type(exc).__name__}: {exc}); the "
+                                 f"message is stored verbatim")
+        finally:
+            turn.extraction_state = "done"
+            turn.memory = memory_reading()
+            with _interrupt_held():
+                self._log(turn)
+            for callback in list(turn.on_change):
+                try:
+                    callback(turn)
+                except Exception:  # noqa: BLE001 - a display callback must not break the chat
+                    pass
+
+    def wait(self) -> float:
+        """Wait for a background extraction (KitConfig.extract_after_answer) to finish; seconds waited.
+        `send`, `remember` and `close` call it, so memories are always stored in turn order."""
+        thread, self._background = self._background, None
+        if thread is None:
+            return 0.0
+        start = time.perf_counter()
+        thread.join()
+        return time.perf_counter() - start
 
     @property
     def _use_memory(self) -> bool:
@@ -121,6 +168,7 @@ class Chat:
             raise ValueError("remember() needs a non-empty message string")
         if self.memory is None:
             raise ValueError("remember() needs memory: this chat was opened with memory off")
+        self.wait()
         turn = Turn(id=f"{self.session}-t{len(self.turns) + 1}", user=text)
         turn.notes.append("remembered without a reply")
         self._store_message(turn)
@@ -263,7 +311,9 @@ class Chat:
 
     # --- lifetime --------------------------------------------------------------------------------------
     def close(self) -> None:
-        """Release the cube (its qdrant folder lock) so another process or a re-run cell can open it."""
+        """Release the cube (its qdrant folder lock) so another process or a re-run cell can open it; a
+        background extraction is waited for first."""
+        self.wait()
         if self.memory is not None:
             self.memory.close()
 

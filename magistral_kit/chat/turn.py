@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from magistral_kit.diagnostics import MemoryReading, Timings, details_html
 from magistral_kit.model.generation import Reply
@@ -31,6 +31,8 @@ class Turn:
     episodic_id: str | None = None  # the user's message, stored verbatim
     superseded: list[str] = field(default_factory=list)  # ids archived because this message restates them
     correction: Any = None  # corrections.CorrectionPlan
+    extraction_state: str = ""  # '' (inline or none), 'pending' / 'done' (KitConfig.extract_after_answer)
+    on_change: list[Callable[["Turn"], None]] = field(default_factory=list, repr=False)  # e.g. a panel's refresh
 
     @property
     def answer(self) -> str:
@@ -58,6 +60,7 @@ class Turn:
             "timings": dict(self.timings.steps),
             "memory": self.memory.to_dict() if self.memory else None,
             "problems": list(self.problems), "notes": list(self.notes), "interrupted": self.interrupted,
+            "extraction_state": self.extraction_state,
         }
 
     # --- display ---------------------------------------------------------------------------------------
@@ -103,6 +106,9 @@ class Turn:
 
     def _extraction_html(self) -> str:
         ex = self.extraction
+        if self.extraction_state == "pending":
+            return ("<div><b>extraction:</b> <i>pending</i> (it runs after the answer; the next message waits "
+                    "for it)</div>")
         if ex is None:
             return "<div><b>extraction:</b> <i>off</i></div>"
         items = "".join(f"<li>{html.escape(i.text)}</li>" for i in ex.items) or "<li><i>none</i></li>"
@@ -110,7 +116,8 @@ class Turn:
                            for i in ex.rejected if i.verdict is not None)
         error = (f"<div style='color:#b00'>extractor error: {html.escape(ex.error)}</div>" if ex.error else "")
         stored = ", ".join(self.stored_ids) or "nothing"
-        return (f"<div><b>extraction</b> via <b>{html.escape(ex.path)}</b> path ({ex.seconds:.1f} s):"
+        after = ", after the answer" if self.extraction_state == "done" else ""
+        return (f"<div><b>extraction</b> via <b>{html.escape(ex.path)}</b> path ({ex.seconds:.1f} s{after}):"
                 f"<ul>{items}</ul>"
                 + (f"rejected as not grounded in the message:<ul>{rejected}</ul>" if rejected else "")
                 + error + f"stored: <code>{html.escape(stored)}</code></div>"

@@ -112,6 +112,7 @@ class ChatPanel:
         finally:
             self._live = None
         self.error = None
+        turn.on_change.append(lambda _turn: self.refresh())  # a background extraction finishing (pending → done)
         self.refresh()
         return turn
 
