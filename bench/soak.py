@@ -79,7 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", default="bench/results/soak_200.json",
                         help="results file of the extractor before issue 12 (its extraction_paths)")
     parser.add_argument("--out", default="bench/results/soak.json")
+    parser.add_argument("--rescore", action="store_true",
+                        help="re-apply the current grounding rule to the items of the --out results (the "
+                             "extractor's outputs depend only on the message, so they are the same; the "
+                             "verdicts are what changed) and update its counts; no chat is run")
     args = parser.parse_args(argv)
+    if args.rescore:
+        return rescore(Path(args.out))
     cube = Path(args.cube or tempfile.mkdtemp(prefix="soak-cube-"))
     extra = ({"extraction_max_new_tokens": args.extraction_max_new_tokens}
              if args.extraction_max_new_tokens else {})
@@ -159,6 +165,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if not errors and not missing and not lost else 1
 
 
+def rescore(path: Path) -> int:
+    """Apply the grounding rule as it is now to every extracted item a finished soak recorded."""
+    from magistral_kit.memory.grounding import check
+
+    result = json.loads(path.read_text())
+    changed = 0
+    for row in result["per_turn"]:
+        items = row["kept"] + row["rejected"]
+        if not items:
+            continue
+        verdicts = [check(t, message(row["turn"])).grounded for t in items]
+        kept = [t for t, ok in zip(items, verdicts) if ok]
+        changed += kept != row["kept"]
+        row["kept"], row["rejected"] = kept, [t for t, ok in zip(items, verdicts) if not ok]
+        row["extracted_kept"], row["extracted_rejected"] = len(row["kept"]), len(row["rejected"])
+    rows = result["per_turn"]
+    result["extracted_kept"] = sum(r["extracted_kept"] for r in rows)
+    result["extracted_rejected_ungrounded"] = sum(r["extracted_rejected"] for r in rows)
+    result["grounding_rule_heldout"] = grounding_heldout()
+    commit = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "rev-parse", "--short",
+                             "HEAD"], capture_output=True, text=True).stdout.strip()
+    result["rescored"] = (f"verdicts re-applied with the grounding rule at commit {commit or '?'} ({changed} "
+                          f"turn(s) changed); the stored cube of the run followed the rule at run time")
+    path.write_text(json.dumps(result, indent=1))
+    print(result["rescored"], {k: result[k] for k in ("extracted_kept", "extracted_rejected_ungrounded")})
+    return 0
+
+
 def markdown_table(result: dict) -> str:
     """README's soak table (bench/report.py)."""
     m = result["machine"]
@@ -186,6 +220,8 @@ def markdown_table(result: dict) -> str:
         if result.get("extraction_tokens_median"):
             rows.append(f"| extractor output per extraction, median | {result['extraction_tokens_median']:.0f} "
                         f"tokens (cap {result['extraction_max_new_tokens']}) |")
+        if result.get("rescored"):
+            rows.append(f"| grounding verdicts | {result['rescored']} |")
         g = result.get("grounding_rule_heldout")
         if g:
             rows.append(f"| grounding rule on the held-out labels | precision {g['precision']:.3f}, recall "
