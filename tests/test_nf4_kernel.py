@@ -68,6 +68,8 @@ def test_bitsandbytes_quantizes_on_the_cpu() -> None:
     (33, 320, 2, 8, 2),  # rows past a program's tile, split K, two warps per program
     (16, 1088, 3, 8, 4),  # K > one step, uneven split
     (5, 2048, 4, 2, 1),  # several steps per split
+    (8, 2048, 2, 4, 1),  # whole steps and whole tiles: the unmasked (EVEN) path
+    (16, 1024, 1, 8, 2),  # the unmasked path with two warps per program
 ])
 def test_gemv_matches_bitsandbytes_dequantize(n: int, k: int, split: int, block_rows: int, warps: int) -> None:
     lin = _Lin(n, k, seed=n * 1000 + k)
