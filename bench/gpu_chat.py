@@ -264,7 +264,7 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
     # launch shapes: (rows per program, warps per program) x K splits
     # (an earlier sweep with 2 and 4 warps per program, each warp on its own rows, never won: one warp is kept)
     shapes_bw = ((2, 1), (4, 1)) if quick else ((1, 1), (2, 1), (4, 1), (8, 1))
-    splits = (1, 4) if quick else (1, 2, 4, 8)
+    splits = (1, 4) if quick else (1, 2, 3, 4, 5, 8, 16)
 
     def rot(name: str, n_calls: int) -> list[int]:
         return [i % len(lins[name]) for i in range(max(n_calls, len(lins[name])))]
@@ -374,7 +374,87 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
                     "ours_gbs": round(layer_bytes / 1e3 / ours_layer, 1),
                     "bnb_gbs": round(layer_bytes / 1e3 / bnb_layer, 1)}
     log("kernel_layer", out["layer"])
+
+    # add + RMSNorm (one program) after a producer with S K-splits, by warps per program
+    try:
+        hid_parts = {sp_: torch.randn(sp_, hid, device=DEV, generator=g) for sp_ in (1, 2, 4, 8, 16)}
+        ln = torch.ones(hid, device=DEV, dtype=torch.bfloat16)
+        norm: dict[str, float] = {}
+        for w_ in (4, 8, 16):
+            nk.NORM_WARPS = w_
+            for sp_, parts in hid_parts.items():
+                norm[f"s{sp_}_w{w_}"] = round(graph_us([
+                    (lambda parts=parts: nk.add_rmsnorm_launch(x5, parts, ln, 1e-5)) for _ in range(64)]), 2)
+        s_key = f"s{max(p_ for p_ in hid_parts if p_ <= sb.down[1])}"
+        best_w = min((4, 8, 16), key=lambda w_: norm[f"{s_key}_w{w_}"])
+        out["add_rmsnorm"] = {"variants": norm, "warps_best": best_w}
+    except Exception as exc:  # keep the GEMV figures and the default warps
+        out["add_rmsnorm"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}", "warps_best": 8}
+    nk.NORM_WARPS = out["add_rmsnorm"]["warps_best"]
+    log("kernel_add_rmsnorm", out["add_rmsnorm"])
     return out
+
+
+COLD_JIT = r'''
+import json, sys, time, torch
+import bitsandbytes.functional as bnbf
+from magistral_kit.model import nf4_kernel as nk
+sp = json.loads(sys.argv[1])
+dev = torch.device("cuda")
+code = nk._code_table(dev)
+def lin(n, k):
+    q, st = bnbf.quantize_4bit(torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02, quant_type="nf4",
+                               compress_statistics=True, blocksize=64)
+    q.quant_state = st
+    class L(torch.nn.Module):
+        pass
+    m = L(); m.weight = q; m.bias = None
+    return nk.nf4_weight(m)[0]
+hid, inter, nq, nkv, hd = 5120, 32768, 4096, 1024, 128
+W = {"q": lin(64, hid), "k": lin(64, hid), "v": lin(64, hid), "o": lin(64, nq), "gate": lin(64, hid),
+     "up": lin(64, hid), "down": lin(64, inter)}
+x = torch.randn(hid, device=dev).to(torch.bfloat16)
+kc = torch.zeros(8, 8192, hd, device=dev, dtype=torch.bfloat16); vc = torch.zeros_like(kc)
+pos = torch.tensor([5], device=dev)
+cos = torch.ones(hd, device=dev, dtype=torch.bfloat16); sin = torch.zeros_like(cos)
+torch.cuda.synchronize()
+t = {}
+def first(name, fn):
+    a = time.perf_counter(); fn(); torch.cuda.synchronize(); t[name] = round(time.perf_counter() - a, 3)
+first("gemv q|k|v", lambda: nk.nf4_gemv_launch(x, *nk._flat([W["q"], W["k"], W["v"]]), code, W["q"].code2,
+      [64, 64, 64], hid, sp["qkv"][1], sp["qkv"][0], sp["qkv"][2]))
+parts = torch.randn(sp["qkv"][1], (32 + 16) * hd, device=dev)
+first("rope + cache", lambda: nk.rope_cache_launch(parts, cos, sin, pos, kc, vc, 32, 8, hd))
+q = torch.randn(32 * hd, device=dev).to(torch.bfloat16)
+first("attention", lambda: nk.attn_decode_launch(q, kc, vc, pos, 32, hd ** -0.5))
+first("gemv o", lambda: nk.nf4_gemv_launch(q, *nk._flat([W["o"]]), code, W["o"].code2, [64], nq, sp["o"][1],
+      sp["o"][0], sp["o"][2]))
+ln = torch.ones(hid, device=dev, dtype=torch.bfloat16)
+for s_ in sorted({sp["o"][1], sp["down"][1]}):
+    first(f"add + rmsnorm S={s_}", lambda s_=s_: nk.add_rmsnorm_launch(x, torch.randn(s_, hid, device=dev), ln, 1e-5))
+first("gate_up", lambda: nk.nf4_gate_up_launch(x, *nk._flat([W["gate"], W["up"]]), code, W["gate"].code2, 64, hid,
+      sp["gate_up"][0], sp["gate_up"][1]))
+act = torch.randn(inter, device=dev).to(torch.bfloat16)
+first("gemv down", lambda: nk.nf4_gemv_launch(act, *nk._flat([W["down"]]), code, W["down"].code2, [64], inter,
+      sp["down"][1], sp["down"][0], sp["down"][2]))
+print("COLD_JIT " + json.dumps(t))
+'''
+
+
+def cold_jit(splits: Any) -> dict[str, Any]:
+    """Seconds of each kit kernel's first call in a fresh process with an empty Triton cache: the JIT cost a
+    first chat turn pays on a new machine (the in-process first-call figures run after the cache is warm)."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, TRITON_CACHE_DIR=cache)
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-c", COLD_JIT, json.dumps(dict(splits.__dict__))], env=env,
+                           cwd=str(REPO), capture_output=True, text=True, timeout=300)
+        wall = time.perf_counter() - t
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("COLD_JIT ")), None)
+    if line is None:
+        return {"error": (r.stderr or r.stdout)[-600:]}
+    per = json.loads(line[len("COLD_JIT "):])
+    return {"per_kernel_s": per, "jit_total_s": round(sum(per.values()), 2), "process_wall_s": round(wall, 1)}
 
 
 def profile_step(model: Any, cache: int, steps: int = 16) -> dict[str, Any]:
@@ -485,6 +565,17 @@ def h200_table(result: dict) -> str:
             lines.append(f"| {fam} | " + " | ".join(cells) + " |")
         sums = " | ".join(f"**{p['kernel_sum_ms'] * 1000:.0f}**" for _, p in profs)
         lines.append(f"| **kernel sum** | {sums} |")
+        per_tok = [(1e6 / result[f"{key}_8k_decode_tok_per_s"]) if result.get(f"{key}_8k_decode_tok_per_s") else None
+                   for key in ("graph", "bnb_graph")[:len(profs)]]
+        cells = [f"{t:.0f}" if t else "–" for t in per_tok]
+        lines.append("| measured per token (1 / decode rate); the rest is launch gaps and idle | "
+                     + " | ".join(cells) + " |")
+    cold = result.get("cold_jit")
+    if isinstance(cold, dict) and "per_kernel_s" in cold:
+        parts = ", ".join(f"{k_} {v_:.1f} s" for k_, v_ in cold["per_kernel_s"].items())
+        lines += ["", f"First turn on a fresh machine: the kit kernels' Triton JIT, timed in a fresh process with an "
+                  f"empty Triton cache, costs **{cold['jit_total_s']:.1f} s** once ({parts}); the first call's "
+                  "capture / compile in the first table ran with the kernels already compiled in the process."]
     fast, plain = result.get("chat_fast_turn_s_median"), result.get("chat_plain_turn_s_median")
     if fast is not None:
         lines += ["", f"Chat turns ({result.get('chat_embedder', 'embedder not recorded')}): fast decode "
@@ -550,7 +641,9 @@ def main() -> None:
         t = time.perf_counter()
         lins = random_linears(scale_bytes=1.2e8 if args.quick else 4e8)
         log("t_random_linears_s", round(time.perf_counter() - t, 1))
-        log("kernels", kernel_bench(lins, quick=args.quick))
+        kb = kernel_bench(lins, quick=args.quick)
+        log("kernels", kb)
+        log("cold_jit", cold_jit(nk.DecodeSplits(**{k_: tuple(v_) for k_, v_ in kb["splits_best"].items()})))
         log("done", True)
         return
 
@@ -631,11 +724,14 @@ def fast_stages(args: Any, model: Any, cfg: Any, work: Path, runs: int, new_dec:
             kb = kernel_bench(model_linears(model), quick=args.quick)
             log("kernels", kb)
             nk.DEFAULT_SPLITS = nk.DecodeSplits(**{k_: tuple(v_) for k_, v_ in kb["splits_best"].items()})
+            nk.NORM_WARPS = kb["add_rmsnorm"]["warps_best"]
+            log("cold_jit", cold_jit(nk.DEFAULT_SPLITS))
         except Exception as exc:
             import traceback
 
             log("kernels_error", f"{type(exc).__name__}: {str(exc)[:300]} | {traceback.format_exc()[-800:]}")
     log("decode_splits_used", dict(nk.DEFAULT_SPLITS.__dict__))
+    log("norm_warps_used", nk.NORM_WARPS)
 
     # 5. fast paths ----------------------------------------------------------------------------------------------
     variants = [("graph", False)] + ([] if args.no_compile else [("compiled", True)])
