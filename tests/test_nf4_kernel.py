@@ -222,12 +222,12 @@ def test_decode_step_matches_the_model_forward(tiny_nf4: torch.nn.Module) -> Non
         assert not k_kit[:, :, n + 2:].any()
 
 
-@pytest.mark.parametrize("pos", [0, 130, 300])
-def test_attention_reads_only_the_filled_cache(pos: int) -> None:
+@pytest.mark.parametrize("pos,length", [(0, 320), (130, 320), (300, 320), (2500, 2560)])
+def test_attention_reads_only_the_filled_cache(pos: int, length: int) -> None:
     """Stale values past the position (an earlier, longer conversation) must not change the result; positions
-    over several splits are merged."""
+    over several splits are merged (the last case: every program of a head takes several chunks)."""
     g = torch.Generator().manual_seed(pos)
-    n_heads, n_kv, d, length = 4, 2, 32, 320
+    n_heads, n_kv, d = 4, 2, 32
     kc = torch.randn(1, n_kv, length, d, generator=g).to(torch.bfloat16).to(DEVICE)
     vc = torch.randn(1, n_kv, length, d, generator=g).to(torch.bfloat16).to(DEVICE)
     q = torch.randn(n_heads * d, generator=g).to(torch.bfloat16).to(DEVICE)

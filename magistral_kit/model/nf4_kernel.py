@@ -50,7 +50,7 @@ BLOCK = 64  # bitsandbytes absmax block (elements)
 BLOCK2 = 256  # second-level (double quant) block, in absmax entries
 STEP = 1024  # elements of one row a program consumes per loop step (32 lanes x 32)
 ATTN_CHUNK = 64  # cache positions per inner step of the attention kernel
-ATTN_SPLIT = 256  # cache positions per attention program
+ATTN_SPLITS = 32  # attention programs per KV head; they share the filled cache positions in whole chunks
 NORM_WARPS = 8  # warps of the one-program add + RMSNorm kernel (bench/gpu_chat.py times 4 / 8 / 16)
 ENV_DISABLE = "MAGISTRAL_KIT_NF4_KERNEL"  # "0" turns the kernels off (bitsandbytes decodes, reason recorded)
 
@@ -216,13 +216,16 @@ if triton is not None:
 
     @triton.jit
     def _attn_split_kernel(q_ptr, kc_ptr, vc_ptr, pos_ptr, m_out, l_out, acc_out, L, NSPLIT, scale,
-                           G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, CH: tl.constexpr,
-                           SPLIT: tl.constexpr):
-        """Attention of the G query heads of KV head ``kvh`` over cache positions of one split (<= pos only)."""
+                           G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, CH: tl.constexpr):
+        """Attention of the G query heads of KV head ``kvh`` over one split of the filled positions (<= pos).
+
+        The NSPLIT programs of a head share the filled positions (read on the device) in whole chunks, so a short
+        conversation is spread over as many programs as a long one instead of leaving most of them idle."""
         kvh = tl.program_id(0)
         sp = tl.program_id(1)
         pos = tl.load(pos_ptr)
-        start = sp * SPLIT
+        per = tl.cdiv(tl.cdiv(pos + 1, NSPLIT), CH) * CH
+        start = sp * per
         if start <= pos:
             g = tl.arange(0, GP)
             d = tl.arange(0, D)
@@ -232,7 +235,7 @@ if triton is not None:
             l_i = tl.zeros([GP], dtype=tl.float32)
             acc = tl.zeros([GP, D], dtype=tl.float32)
             base = kvh * L * D
-            for c in range(start, start + SPLIT, CH):
+            for c in range(start, start + per, CH):
                 p = c + tl.arange(0, CH)
                 valid = p <= pos
                 k = tl.load(kc_ptr + base + p[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
@@ -255,13 +258,13 @@ if triton is not None:
 
     @triton.jit
     def _attn_merge_kernel(m_ptr, l_ptr, acc_ptr, pos_ptr, out_ptr, NSPLIT, G: tl.constexpr, D: tl.constexpr,
-                           SPLIT: tl.constexpr, BS: tl.constexpr):
+                           CH: tl.constexpr, BS: tl.constexpr):
         """out[head] = merge of the used splits' (max, sum, acc) of that head (flash-decoding reduction)."""
         h = tl.program_id(0)
         kvh = h // G
         g = h % G
         pos = tl.load(pos_ptr)
-        used = pos // SPLIT + 1
+        used = tl.cdiv(pos + 1, tl.cdiv(tl.cdiv(pos + 1, NSPLIT), CH) * CH)
         d = tl.arange(0, D)
         m_run = float("-inf")
         l_run = 0.0
@@ -366,17 +369,16 @@ def attn_decode_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
     _need_triton()
     n_kv, length, d = k_cache.shape[-3], k_cache.shape[-2], k_cache.shape[-1]
     g = n_heads // n_kv
-    split = min(ATTN_SPLIT, max(ATTN_CHUNK, triton.next_power_of_2(length)))
-    n_split = -(-length // split)
+    n_split = max(1, min(ATTN_SPLITS, -(-length // ATTN_CHUNK)))
     dev = q.device
     m = torch.empty((n_kv * n_split * g,), dtype=torch.float32, device=dev)
     l_ = torch.empty_like(m)
     acc = torch.empty((n_kv * n_split * g, d), dtype=torch.float32, device=dev)
     _attn_split_kernel[(n_kv, n_split)](q, k_cache, v_cache, pos, m, l_, acc, length, n_split, float(scale),
                                         G=g, GP=max(16, triton.next_power_of_2(g)), D=d, CH=ATTN_CHUNK,
-                                        SPLIT=split, num_warps=4)
+                                        num_warps=4)
     out = torch.empty((n_heads * d,), dtype=torch.bfloat16, device=dev)
-    _attn_merge_kernel[(n_heads,)](m, l_, acc, pos, out, n_split, G=g, D=d, SPLIT=split,
+    _attn_merge_kernel[(n_heads,)](m, l_, acc, pos, out, n_split, G=g, D=d, CH=ATTN_CHUNK,
                                    BS=min(64, triton.next_power_of_2(n_split)), num_warps=1)
     return out
 
