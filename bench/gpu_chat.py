@@ -310,6 +310,23 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
         out["shapes"][name] = row
         log("kernel_" + name, {kk: v for kk, v in row.items() if kk != "ours"})
 
+    # what the NF4 table lookup costs: the same launches with the nibble itself as the weight (wrong values)
+    abl: dict[str, Any] = {}
+    for name in ("gate", "down"):
+        if name not in out["shapes"]:
+            continue
+        n, k = LINEAR_SHAPES[name]
+        br, w, sp = pick(out["shapes"][name]["best"])
+        xa = (torch.randn(k, device=DEV, generator=g) * 0.5).to(torch.bfloat16)
+        no_lut = round(graph_us([
+            (lambda wt=ws[name][i], br=br, w=w, sp=sp: nk.nf4_gemv_launch(
+                xa, [wt.words], [wt.absmax], [wt.absmax2], [wt.offset], code, wt.code2, [n], k, sp, br, w,
+                lookup=False)) for i in rot(name, 64)]), 2)
+        abl[name] = {"launch": out["shapes"][name]["best"], "with_lookup_us": out["shapes"][name]["ours_us"],
+                     "without_lookup_us": no_lut, "without_lookup_gbs": round(nf4_bytes(n, k) / 1e3 / no_lut, 1)}
+    out["lookup_ablation"] = abl
+    log("kernel_lookup_ablation", abl)
+
     # q|k|v in one launch, gate|up with the silu epilogue
     (nq_, hid), nk_ = LINEAR_SHAPES["q"], LINEAR_SHAPES["k"][0]
     inter = LINEAR_SHAPES["gate"][0]
@@ -334,10 +351,40 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
     log("kernel_qkv_fused", out["qkv_fused"])
     log("kernel_gate_up_fused", out["gate_up_fused"])
 
+    # add + RMSNorm (one program) after a producer with S K-splits, by warps per program: the o and down
+    # launches are chosen with the norm that reads their S partial sums, and the warps with both
+    o_pick, down_pick = out["shapes"]["o"]["best"], out["shapes"]["down"]["best"]
+    try:
+        s_all = (1, 2, 4, 8, 16)
+        hid_parts = {sp_: torch.randn(sp_, hid, device=DEV, generator=g) for sp_ in s_all}
+        ln = torch.ones(hid, device=DEV, dtype=torch.bfloat16)
+        norm: dict[str, float] = {}
+        for w_ in (4, 8, 16):
+            nk.NORM_WARPS = w_
+            for sp_, parts in hid_parts.items():
+                norm[f"s{sp_}_w{w_}"] = round(graph_us([
+                    (lambda parts=parts: nk.add_rmsnorm_launch(x5, parts, ln, 1e-5)) for _ in range(64)]), 2)
+
+        def with_norm(shape: str, w_: int) -> tuple[float, str]:
+            def cost(v: str) -> float:
+                s_ = next(p_ for p_ in s_all if p_ >= pick(v)[2])
+                return out["shapes"][shape]["ours"][v] + norm[f"s{s_}_w{w_}"]
+            best_v = min(out["shapes"][shape]["ours"], key=cost)
+            return cost(best_v), best_v
+
+        best_w = min((4, 8, 16), key=lambda w_: with_norm("o", w_)[0] + with_norm("down", w_)[0])
+        o_pick, down_pick = with_norm("o", best_w)[1], with_norm("down", best_w)[1]
+        out["add_rmsnorm"] = {"variants": norm, "warps_best": best_w,
+                              "o_with_norm": o_pick, "down_with_norm": down_pick}
+    except Exception as exc:  # keep the GEMV figures and the default warps
+        out["add_rmsnorm"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}", "warps_best": 8}
+    nk.NORM_WARPS = out["add_rmsnorm"]["warps_best"]
+    log("kernel_add_rmsnorm", out["add_rmsnorm"])
+
     gbr, gw, _ = pick(out["gate_up_fused"]["best"] + "_s1")
     splits_best = nk.DecodeSplits(qkv=pick(out["qkv_fused"]["best"], order=True),
-                                  o=pick(out["shapes"]["o"]["best"], order=True), gate_up=(gbr, gw),
-                                  down=pick(out["shapes"]["down"]["best"], order=True),
+                                  o=pick(o_pick, order=True), gate_up=(gbr, gw),
+                                  down=pick(down_pick, order=True),
                                   other=pick(out["shapes"]["q"]["best"], order=True))
     out["splits_best"] = {k_: list(v_) for k_, v_ in splits_best.__dict__.items()}
 
@@ -375,23 +422,6 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
                     "bnb_gbs": round(layer_bytes / 1e3 / bnb_layer, 1)}
     log("kernel_layer", out["layer"])
 
-    # add + RMSNorm (one program) after a producer with S K-splits, by warps per program
-    try:
-        hid_parts = {sp_: torch.randn(sp_, hid, device=DEV, generator=g) for sp_ in (1, 2, 4, 8, 16)}
-        ln = torch.ones(hid, device=DEV, dtype=torch.bfloat16)
-        norm: dict[str, float] = {}
-        for w_ in (4, 8, 16):
-            nk.NORM_WARPS = w_
-            for sp_, parts in hid_parts.items():
-                norm[f"s{sp_}_w{w_}"] = round(graph_us([
-                    (lambda parts=parts: nk.add_rmsnorm_launch(x5, parts, ln, 1e-5)) for _ in range(64)]), 2)
-        s_key = f"s{max(p_ for p_ in hid_parts if p_ <= sb.down[1])}"
-        best_w = min((4, 8, 16), key=lambda w_: norm[f"{s_key}_w{w_}"])
-        out["add_rmsnorm"] = {"variants": norm, "warps_best": best_w}
-    except Exception as exc:  # keep the GEMV figures and the default warps
-        out["add_rmsnorm"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}", "warps_best": 8}
-    nk.NORM_WARPS = out["add_rmsnorm"]["warps_best"]
-    log("kernel_add_rmsnorm", out["add_rmsnorm"])
     return out
 
 
@@ -547,16 +577,21 @@ def h200_table(result: dict) -> str:
                          f"{sh['gate']['bnb_us'] + sh['up']['bnb_us']:.1f} (2 launches) | – | "
                          f"**{f2['us']:.1f}** ({f2['best']}) | {mb * 1e3 / f2['us']:.0f} | – |")
         lay = k.get("layer")
+        abl = k.get("lookup_ablation") or {}
+        for name, a in abl.items():
+            lines.append(f"| {name} without the NF4 table lookup (diagnosis: wrong values, {a['launch']}) | "
+                         f"{sh[name]['mbytes']} | – | – | {a['without_lookup_us']:.1f} | {a['without_lookup_gbs']:.0f} | – |")
         if lay:
             lines.append(f"| **one decoder layer's linears** (measured in sequence, {lay['layers_rotated']} layers "
                          f"rotated) | {lay['mbytes']} | **{lay['bnb_us']:.1f}** | {lay['bnb_gbs']:.0f} | "
                          f"**{lay['ours_us']:.1f}** | {lay['ours_gbs']:.0f} | – |")
     profs = [(label, result[key]) for key, label in (("profile_graph_8k", "kit kernels"),
+                                                      ("profile_compiled_8k", "kit kernels, compiled"),
                                                       ("profile_bnb_graph_8k", "bitsandbytes"))
              if isinstance(result.get(key), dict) and "us_per_step" in result[key]]
     if profs:
         fams = list(dict.fromkeys(f for _, p in profs for f in p["us_per_step"]))
-        lines += ["", "| decode step, CUDA graph, 8k cache (torch.profiler over graph replays) | "
+        lines += ["", "| decode step, 8k cache (torch.profiler over CUDA-graph replays) | "
                   + " | ".join(f"{label}: GPU µs per token (kernels)" for label, _ in profs) + " |",
                   "|---|" + "---|" * len(profs)]
         for fam in fams:
@@ -565,8 +600,9 @@ def h200_table(result: dict) -> str:
             lines.append(f"| {fam} | " + " | ".join(cells) + " |")
         sums = " | ".join(f"**{p['kernel_sum_ms'] * 1000:.0f}**" for _, p in profs)
         lines.append(f"| **kernel sum** | {sums} |")
-        per_tok = [(1e6 / result[f"{key}_8k_decode_tok_per_s"]) if result.get(f"{key}_8k_decode_tok_per_s") else None
-                   for key in ("graph", "bnb_graph")[:len(profs)]]
+        keys = {"kit kernels": "graph", "kit kernels, compiled": "compiled", "bitsandbytes": "bnb_graph"}
+        per_tok = [(1e6 / result[f"{keys[label]}_8k_decode_tok_per_s"])
+                   if result.get(f"{keys[label]}_8k_decode_tok_per_s") else None for label, _ in profs]
         cells = [f"{t:.0f}" if t else "–" for t in per_tok]
         lines.append("| measured per token (1 / decode rate); the rest is launch gaps and idle | "
                      + " | ".join(cells) + " |")
@@ -764,8 +800,8 @@ def fast_stages(args: Any, model: Any, cfg: Any, work: Path, runs: int, new_dec:
                                               compile=comp, mode=MODE, temperature=0.7, top_p=0.95, seed=0)
                     log(f"{key}_sampling_t0.7_p0.95_tok_per_s", round(sample.decode_tok_per_s, 2))
                 log(f"{key}_gpu_peak_gib", peak())
-                if cache == 8192 and name == "graph" and DEV == "cuda":
-                    log("profile_graph_8k", profile_step(model, cache))
+                if cache == 8192 and DEV == "cuda":
+                    log(f"profile_{name}_8k", profile_step(model, cache))
             except Exception as exc:  # record, keep measuring the rest
                 import traceback
 

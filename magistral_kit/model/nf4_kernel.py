@@ -70,14 +70,16 @@ if triton is not None:
 
     @triton.jit
     def _nf4_rows(x_ptr, w_ptr, a_ptr, s2_ptr, off_ptr, code2_ptr, code, row0, N, K, k_lo, k_hi,
-                  BR: tl.constexpr, W: tl.constexpr = 1, EVEN: tl.constexpr = False):
+                  BR: tl.constexpr, W: tl.constexpr = 1, EVEN: tl.constexpr = False,
+                  LOOKUP: tl.constexpr = True):
         """float32 dot products of rows [row0, row0 + BR) of one NF4 weight with x over elements [k_lo, k_hi).
 
         Lane t of a warp owns 16 contiguous packed bytes (32 weights, half an absmax block) of every row per
         1024-element step. Tensors keep the lane as the axis Triton spreads over threads (it is the first axis of
         every load and the last of the decode), so the loads are 16-byte vectors, the nibbles, products and the
         32-element sums stay in each thread's registers, and no layout change goes through shared memory.
-        EVEN (rows a multiple of BR, K range a multiple of 1024) drops every mask."""
+        EVEN (rows a multiple of BR, K range a multiple of 1024) drops every mask. LOOKUP=False uses the nibble
+        itself as the weight: wrong values, only for measuring what the table lookup costs (bench/gpu_chat.py)."""
         rows = row0 + tl.arange(0, BR)
         rmask = rows < N
         t = tl.arange(0, 32)
@@ -109,7 +111,9 @@ if triton is not None:
             wv = tl.permute(wv.to(tl.uint32, bitcast=True), (1, 2, 0))  # [BR, 4, 32]
             # the table holds the 16 values twice, so 5 bits index it (one op less than masking 4 bits off)
             nib = ((wv[:, :, None, :] >> shifts[None, None, :, None]) & 31).to(tl.int32)  # [BR, 4, 8, 32]
-            if W == 1:
+            if not LOOKUP:
+                v = tl.reshape(nib.to(tl.float32), [BR * 1024])
+            elif W == 1:
                 v = tl.gather(code, tl.reshape(nib, [BR * 1024]), 0)
             else:  # one table per warp: the gather stays a warp shuffle
                 v = tl.gather(tl.broadcast_to(code[None, :], [W, 32]), tl.reshape(nib, [W, BR // W * 1024]), 1)
@@ -124,7 +128,7 @@ if triton is not None:
     def _nf4_gemv_kernel(x_ptr, out_ptr, code_ptr, code2_ptr,
                          w0, a0, s0, o0, n0, w1, a1, s1, o1, n1, w2, a2, s2, o2, n2,
                          K, K_SPLIT, N_TOTAL, BR: tl.constexpr, NSEG: tl.constexpr, W: tl.constexpr,
-                         EVEN: tl.constexpr):
+                         EVEN: tl.constexpr, LOOKUP: tl.constexpr = True):
         """Up to 3 NF4 weights sharing the input x; out[split, row] = partial sum over this program's K range."""
         pid = tl.program_id(0)
         sid = tl.program_id(1)
@@ -135,19 +139,20 @@ if triton is not None:
         nb0 = tl.cdiv(n0, BR)
         if pid < nb0:
             y, rows, rmask = _nf4_rows(x_ptr, w0, a0, s0, o0, code2_ptr, code, pid * BR, n0, K, k_lo, k_hi, BR, W,
-                                       EVEN)
+                                       EVEN, LOOKUP)
             tl.store(out + rows, y, mask=rmask)
         else:
             if NSEG > 1:
                 nb1 = tl.cdiv(n1, BR)
                 if pid < nb0 + nb1:
                     y, rows, rmask = _nf4_rows(x_ptr, w1, a1, s1, o1, code2_ptr, code, (pid - nb0) * BR, n1, K,
-                                               k_lo, k_hi, BR, W, EVEN)
+                                               k_lo, k_hi, BR, W, EVEN, LOOKUP)
                     tl.store(out + n0 + rows, y, mask=rmask)
                 else:
                     if NSEG > 2:
                         y, rows, rmask = _nf4_rows(x_ptr, w2, a2, s2, o2, code2_ptr, code,
-                                                   (pid - nb0 - nb1) * BR, n2, K, k_lo, k_hi, BR, W, EVEN)
+                                                   (pid - nb0 - nb1) * BR, n2, K, k_lo, k_hi, BR, W, EVEN,
+                                                   LOOKUP)
                         tl.store(out + n0 + n1 + rows, y, mask=rmask)
 
     @triton.jit
@@ -301,8 +306,9 @@ def _code_table(device: torch.device) -> torch.Tensor:
 def nf4_gemv_launch(x: torch.Tensor, weights: Sequence[torch.Tensor], absmax: Sequence[torch.Tensor],
                     absmax2: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor], code: torch.Tensor,
                     code2: torch.Tensor, rows: Sequence[int], k: int, split: int = 1,
-                    block_rows: int = 8, warps: int = 1) -> torch.Tensor:
-    """float32 partial sums ``[split, sum(rows)]`` of ``x @ W_i^T`` for up to 3 NF4 weights (concatenated)."""
+                    block_rows: int = 8, warps: int = 1, lookup: bool = True) -> torch.Tensor:
+    """float32 partial sums ``[split, sum(rows)]`` of ``x @ W_i^T`` for up to 3 NF4 weights (concatenated).
+    ``lookup=False`` is a diagnosis only (see ``_nf4_rows``)."""
     _need_triton()
     n_seg = len(weights)
     if not 1 <= n_seg <= 3:
@@ -318,7 +324,7 @@ def nf4_gemv_launch(x: torch.Tensor, weights: Sequence[torch.Tensor], absmax: Se
     nb = sum(-(-int(r) // block_rows) for r in rows)
     even = k % STEP == 0 and k_split % STEP == 0 and all(int(r) % block_rows == 0 for r in rows)
     _nf4_gemv_kernel[(nb, split)](x, out, code, code2, *segs, k, k_split, n_total, BR=block_rows, NSEG=n_seg,
-                                  W=warps, EVEN=even, num_warps=warps)
+                                  W=warps, EVEN=even, LOOKUP=lookup, num_warps=warps)
     return out
 
 
