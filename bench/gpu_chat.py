@@ -327,6 +327,25 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
     out["lookup_ablation"] = abl
     log("kernel_lookup_ablation", abl)
 
+    # loading the next step's weights before decoding the current ones (off in the decode step unless it wins)
+    pf: dict[str, Any] = {}
+    for name in ("gate", "down"):
+        if name not in out["shapes"] or quick:
+            continue
+        n, k = LINEAR_SHAPES[name]
+        xa = (torch.randn(k, device=DEV, generator=g) * 0.5).to(torch.bfloat16)
+        pf[name] = {}
+        for v in out["shapes"][name]["ours"]:
+            br, w, sp = pick(v)
+            if br < 4 or (k // sp) < 2048:  # a step ahead needs at least two steps per program
+                continue
+            pf[name][v] = {"off": out["shapes"][name]["ours"][v], "on": round(graph_us([
+                (lambda wt=ws[name][i], br=br, w=w, sp=sp: nk.nf4_gemv_launch(
+                    xa, [wt.words], [wt.absmax], [wt.absmax2], [wt.offset], code, wt.code2, [n], k, sp, br, w,
+                    prefetch=True)) for i in rot(name, 64)]), 2)}
+    out["prefetch"] = pf
+    log("kernel_prefetch", pf)
+
     # q|k|v in one launch, gate|up with the silu epilogue
     (nq_, hid), nk_ = LINEAR_SHAPES["q"], LINEAR_SHAPES["k"][0]
     inter = LINEAR_SHAPES["gate"][0]
@@ -342,10 +361,11 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
     gu = {}
     ng = len(lins["gate"])
     for br, w in shapes_bw:
-        gu[key(br, w)] = round(graph_us([
-            (lambda i=i, br=br, w=w: nk.nf4_gate_up_launch(
-                x5, *nk._flat([ws["gate"][i % ng], ws["up"][i % len(ws["up"])]]), code, ws["gate"][0].code2,
-                inter, hid, br, w)) for i in range(max(8, ng))]), 2)
+        for pf_ in ((False, True) if br >= 4 and not quick else (False,)):
+            gu[key(br, w) + ("_pf" if pf_ else "")] = round(graph_us([
+                (lambda i=i, br=br, w=w, pf_=pf_: nk.nf4_gate_up_launch(
+                    x5, *nk._flat([ws["gate"][i % ng], ws["up"][i % len(ws["up"])]]), code, ws["gate"][0].code2,
+                    inter, hid, br, w, prefetch=pf_)) for i in range(max(8, ng))]), 2)
     out["qkv_fused"] = {"variants": qkv, "best": min(qkv, key=qkv.get), "us": min(qkv.values())}
     out["gate_up_fused"] = {"variants": gu, "best": min(gu, key=gu.get), "us": min(gu.values())}
     log("kernel_qkv_fused", out["qkv_fused"])
@@ -381,7 +401,8 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
     nk.NORM_WARPS = out["add_rmsnorm"]["warps_best"]
     log("kernel_add_rmsnorm", out["add_rmsnorm"])
 
-    gbr, gw, _ = pick(out["gate_up_fused"]["best"] + "_s1")
+    gu_plain = min((v for v in gu if not v.endswith("_pf")), key=gu.get)  # the decode step runs without prefetch
+    gbr, gw, _ = pick(gu_plain + "_s1")
     splits_best = nk.DecodeSplits(qkv=pick(out["qkv_fused"]["best"], order=True),
                                   o=pick(o_pick, order=True), gate_up=(gbr, gw),
                                   down=pick(down_pick, order=True),

@@ -71,7 +71,7 @@ if triton is not None:
     @triton.jit
     def _nf4_rows(x_ptr, w_ptr, a_ptr, s2_ptr, off_ptr, code2_ptr, code, row0, N, K, k_lo, k_hi,
                   BR: tl.constexpr, W: tl.constexpr = 1, EVEN: tl.constexpr = False,
-                  LOOKUP: tl.constexpr = True):
+                  LOOKUP: tl.constexpr = True, PF: tl.constexpr = False):
         """float32 dot products of rows [row0, row0 + BR) of one NF4 weight with x over elements [k_lo, k_hi).
 
         Lane t of a warp owns 16 contiguous packed bytes (32 weights, half an absmax block) of every row per
@@ -79,7 +79,8 @@ if triton is not None:
         every load and the last of the decode), so the loads are 16-byte vectors, the nibbles, products and the
         32-element sums stay in each thread's registers, and no layout change goes through shared memory.
         EVEN (rows a multiple of BR, K range a multiple of 1024) drops every mask. LOOKUP=False uses the nibble
-        itself as the weight: wrong values, only for measuring what the table lookup costs (bench/gpu_chat.py)."""
+        itself as the weight: wrong values, only for measuring what the table lookup costs (bench/gpu_chat.py).
+        PF (with EVEN) loads the next step's packed weights before decoding the current ones."""
         rows = row0 + tl.arange(0, BR)
         rmask = rows < N
         t = tl.arange(0, 32)
@@ -92,12 +93,18 @@ if triton is not None:
         woff = t[:, None, None] * 4 + tl.multiple_of(rows * kw, 8)[None, :, None] + c[None, None, :]  # [32,BR,4]
         xoff = t[:, None, None] * 32 + c[None, :, None] * 8 + i[None, None, :]  # [32, 4, 8]
         acc = tl.zeros([32, BR], dtype=tl.float32)
+        if PF:
+            wn = tl.load(w_ptr + tl.multiple_of(k_lo // 8, 8) + woff)
         for k_step in range(k_lo, k_hi, 1024):
             k0 = tl.multiple_of(k_step, 64)
             kw0 = tl.multiple_of(k_step // 8, 8)
             blk = (k0 // 64 + t // 2)[:, None] + (rows * kb)[None, :]  # [32, BR] absmax block of each lane
             if EVEN:
-                wv = tl.load(w_ptr + kw0 + woff)
+                if PF:
+                    wv = wn
+                    wn = tl.load(w_ptr + kw0 + 128 + woff, mask=k_step + 1024 < k_hi, other=0)
+                else:
+                    wv = tl.load(w_ptr + kw0 + woff)
                 xv = tl.load(x_ptr + k0 + xoff)
                 a = tl.load(a_ptr + blk).to(tl.int32)
                 s2 = tl.load(s2_ptr + blk // 256)
@@ -128,7 +135,7 @@ if triton is not None:
     def _nf4_gemv_kernel(x_ptr, out_ptr, code_ptr, code2_ptr,
                          w0, a0, s0, o0, n0, w1, a1, s1, o1, n1, w2, a2, s2, o2, n2,
                          K, K_SPLIT, N_TOTAL, BR: tl.constexpr, NSEG: tl.constexpr, W: tl.constexpr,
-                         EVEN: tl.constexpr, LOOKUP: tl.constexpr = True):
+                         EVEN: tl.constexpr, LOOKUP: tl.constexpr = True, PF: tl.constexpr = False):
         """Up to 3 NF4 weights sharing the input x; out[split, row] = partial sum over this program's K range."""
         pid = tl.program_id(0)
         sid = tl.program_id(1)
@@ -139,30 +146,30 @@ if triton is not None:
         nb0 = tl.cdiv(n0, BR)
         if pid < nb0:
             y, rows, rmask = _nf4_rows(x_ptr, w0, a0, s0, o0, code2_ptr, code, pid * BR, n0, K, k_lo, k_hi, BR, W,
-                                       EVEN, LOOKUP)
+                                       EVEN, LOOKUP, PF)
             tl.store(out + rows, y, mask=rmask)
         else:
             if NSEG > 1:
                 nb1 = tl.cdiv(n1, BR)
                 if pid < nb0 + nb1:
                     y, rows, rmask = _nf4_rows(x_ptr, w1, a1, s1, o1, code2_ptr, code, (pid - nb0) * BR, n1, K,
-                                               k_lo, k_hi, BR, W, EVEN, LOOKUP)
+                                               k_lo, k_hi, BR, W, EVEN, LOOKUP, PF)
                     tl.store(out + n0 + rows, y, mask=rmask)
                 else:
                     if NSEG > 2:
                         y, rows, rmask = _nf4_rows(x_ptr, w2, a2, s2, o2, code2_ptr, code,
                                                    (pid - nb0 - nb1) * BR, n2, K, k_lo, k_hi, BR, W, EVEN,
-                                                   LOOKUP)
+                                                   LOOKUP, PF)
                         tl.store(out + n0 + n1 + rows, y, mask=rmask)
 
     @triton.jit
     def _nf4_gate_up_kernel(x_ptr, out_ptr, code_ptr, code2_ptr, wg, ag, sg, og, wu, au, su, ou, N, K,
-                            BR: tl.constexpr, W: tl.constexpr, EVEN: tl.constexpr):
+                            BR: tl.constexpr, W: tl.constexpr, EVEN: tl.constexpr, PF: tl.constexpr = False):
         """bf16 silu(x @ gate^T) * (x @ up^T), rounded where the bf16 module path rounds."""
         pid = tl.program_id(0)
         code = tl.load(code_ptr + tl.max_contiguous(tl.arange(0, 32), 1))
-        g, rows, rmask = _nf4_rows(x_ptr, wg, ag, sg, og, code2_ptr, code, pid * BR, N, K, 0, K, BR, W, EVEN)
-        u, rows, rmask = _nf4_rows(x_ptr, wu, au, su, ou, code2_ptr, code, pid * BR, N, K, 0, K, BR, W, EVEN)
+        g, rows, rmask = _nf4_rows(x_ptr, wg, ag, sg, og, code2_ptr, code, pid * BR, N, K, 0, K, BR, W, EVEN, True, PF)
+        u, rows, rmask = _nf4_rows(x_ptr, wu, au, su, ou, code2_ptr, code, pid * BR, N, K, 0, K, BR, W, EVEN, True, PF)
         g = _rn(g)
         act = _rn(g / (1.0 + tl.exp(-g)))
         y = _rn(act * _rn(u))
@@ -306,9 +313,10 @@ def _code_table(device: torch.device) -> torch.Tensor:
 def nf4_gemv_launch(x: torch.Tensor, weights: Sequence[torch.Tensor], absmax: Sequence[torch.Tensor],
                     absmax2: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor], code: torch.Tensor,
                     code2: torch.Tensor, rows: Sequence[int], k: int, split: int = 1,
-                    block_rows: int = 8, warps: int = 1, lookup: bool = True) -> torch.Tensor:
+                    block_rows: int = 8, warps: int = 1, lookup: bool = True,
+                    prefetch: bool = False) -> torch.Tensor:
     """float32 partial sums ``[split, sum(rows)]`` of ``x @ W_i^T`` for up to 3 NF4 weights (concatenated).
-    ``lookup=False`` is a diagnosis only (see ``_nf4_rows``)."""
+    ``lookup=False`` is a diagnosis only; ``prefetch`` loads a step ahead (see ``_nf4_rows``)."""
     _need_triton()
     n_seg = len(weights)
     if not 1 <= n_seg <= 3:
@@ -324,7 +332,7 @@ def nf4_gemv_launch(x: torch.Tensor, weights: Sequence[torch.Tensor], absmax: Se
     nb = sum(-(-int(r) // block_rows) for r in rows)
     even = k % STEP == 0 and k_split % STEP == 0 and all(int(r) % block_rows == 0 for r in rows)
     _nf4_gemv_kernel[(nb, split)](x, out, code, code2, *segs, k, k_split, n_total, BR=block_rows, NSEG=n_seg,
-                                  W=warps, EVEN=even, LOOKUP=lookup, num_warps=warps)
+                                  W=warps, EVEN=even, LOOKUP=lookup, PF=prefetch and even, num_warps=warps)
     return out
 
 
@@ -338,12 +346,14 @@ def _k_split(k: int, split: int) -> int:
 
 def nf4_gate_up_launch(x: torch.Tensor, weights: Sequence[torch.Tensor], absmax: Sequence[torch.Tensor],
                        absmax2: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor], code: torch.Tensor,
-                       code2: torch.Tensor, n: int, k: int, block_rows: int = 8, warps: int = 1) -> torch.Tensor:
+                       code2: torch.Tensor, n: int, k: int, block_rows: int = 8, warps: int = 1,
+                       prefetch: bool = False) -> torch.Tensor:
     _need_triton()
     out = torch.empty((n,), dtype=torch.bfloat16, device=x.device)
+    even = n % block_rows == 0 and k % STEP == 0
     _nf4_gate_up_kernel[(-(-n // block_rows),)](x, out, code, code2, weights[0], absmax[0], absmax2[0], offsets[0],
                                                 weights[1], absmax[1], absmax2[1], offsets[1], n, k,
-                                                BR=block_rows, W=warps, EVEN=n % block_rows == 0 and k % STEP == 0,
+                                                BR=block_rows, W=warps, EVEN=even, PF=prefetch and even,
                                                 num_warps=warps)
     return out
 
