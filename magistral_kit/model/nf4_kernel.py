@@ -94,7 +94,7 @@ if triton is not None:
         xoff = t[:, None, None] * 32 + c[None, :, None] * 8 + i[None, None, :]  # [32, 4, 8]
         acc = tl.zeros([32, BR], dtype=tl.float32)
         if PF:
-            wn = tl.load(w_ptr + tl.multiple_of(k_lo // 8, 8) + woff)
+            wn = tl.load(w_ptr + k_lo // 8 + woff)
         for k_step in range(k_lo, k_hi, 1024):
             k0 = tl.multiple_of(k_step, 64)
             kw0 = tl.multiple_of(k_step // 8, 8)
@@ -118,8 +118,8 @@ if triton is not None:
             wv = tl.permute(wv.to(tl.uint32, bitcast=True), (1, 2, 0))  # [BR, 4, 32]
             # the table holds the 16 values twice, so 5 bits index it (one op less than masking 4 bits off)
             nib = ((wv[:, :, None, :] >> shifts[None, None, :, None]) & 31).to(tl.int32)  # [BR, 4, 8, 32]
-            if not LOOKUP:
-                v = tl.reshape(nib.to(tl.float32), [BR * 1024])
+            if not LOOKUP:  # the nibble's bits as a float's mantissa: no lookup and no conversion instruction
+                v = tl.reshape((nib | 0x3F800000).to(tl.float32, bitcast=True), [BR * 1024])
             elif W == 1:
                 v = tl.gather(code, tl.reshape(nib, [BR * 1024]), 0)
             else:  # one table per warp: the gather stays a warp shuffle
