@@ -598,10 +598,6 @@ def h200_table(result: dict) -> str:
                          f"{sh['gate']['bnb_us'] + sh['up']['bnb_us']:.1f} (2 launches) | – | "
                          f"**{f2['us']:.1f}** ({f2['best']}) | {mb * 1e3 / f2['us']:.0f} | – |")
         lay = k.get("layer")
-        abl = k.get("lookup_ablation") or {}
-        for name, a in abl.items():
-            lines.append(f"| {name} without the NF4 table lookup (diagnosis: wrong values, {a['launch']}) | "
-                         f"{sh[name]['mbytes']} | – | – | {a['without_lookup_us']:.1f} | {a['without_lookup_gbs']:.0f} | – |")
         if lay:
             lines.append(f"| **one decoder layer's linears** (measured in sequence, {lay['layers_rotated']} layers "
                          f"rotated) | {lay['mbytes']} | **{lay['bnb_us']:.1f}** | {lay['bnb_gbs']:.0f} | "
@@ -637,6 +633,38 @@ def h200_table(result: dict) -> str:
     if fast is not None:
         lines += ["", f"Chat turns ({result.get('chat_embedder', 'embedder not recorded')}): fast decode "
                   f"{fast:.2f} s per turn (median)" + (f" vs plain generate {plain:.2f} s." if plain else ".")]
+    return "\n".join(lines) + "\n"
+
+
+def probe_table(result: dict) -> str:
+    """GPU.md table: what bounds the kit's NF4 GEMV (lookup ablation, one-step-ahead loads) from a --kernels-only
+    results JSON."""
+    k = result.get("kernels", {})
+    sh, abl, pf = k.get("shapes", {}), k.get("lookup_ablation", {}), k.get("prefetch", {})
+    lines = ["| linear (out × in) | MB read | kit µs, fastest launch | GB/s | without the NF4 lookup (wrong values) "
+             "µs | GB/s | fastest with the next step's weights loaded ahead µs (launch) |",
+             "|---|---|---|---|---|---|---|"]
+    for name in ("gate", "down"):
+        if name not in sh:
+            continue
+        r, a = sh[name], abl.get(name, {})
+        on = {v: x["on"] for v, x in pf.get(name, {}).items()}
+        best_on = min(on, key=on.get) if on else None
+        lines.append(f"| {name} {r['n']} × {r['k']} | {r['mbytes']} | **{r['ours_us']:.1f}** ({r['best']}) | "
+                     f"{r['ours_gbs']:.0f} | {_fmt(a.get('without_lookup_us'))} | {_fmt(a.get('without_lookup_gbs'), 0)} | "
+                     + (f"{on[best_on]:.1f} ({best_on}) |" if best_on else "– |"))
+    gu = k.get("gate_up_fused", {}).get("variants", {})
+    plain = {v: u for v, u in gu.items() if not v.endswith("_pf")}
+    ahead = {v: u for v, u in gu.items() if v.endswith("_pf")}
+    if plain and ahead and "gate" in sh:
+        bp, ba = min(plain, key=plain.get), min(ahead, key=ahead.get)
+        mb = 2 * sh["gate"]["mbytes"]
+        lines.append(f"| gate\\|up + silu·mul, one launch | {mb:.1f} | **{plain[bp]:.1f}** ({bp}) | "
+                     f"{mb * 1e3 / plain[bp]:.0f} | – | – | {ahead[ba]:.1f} ({ba}) |")
+    lines += ["", f"{result.get('device', '?')}, triton {result.get('versions', {}).get('triton', '?')}, random "
+              "weights of every Magistral linear shape quantized by bitsandbytes, CUDA graphs of calls rotating over "
+              "enough copies to defeat the L2 (`bench/gpu_chat.py --kernels-only`, "
+              "`results/nf4_kernel_probe_h200.json`)."]
     return "\n".join(lines) + "\n"
 
 

@@ -86,6 +86,21 @@ def test_gemv_matches_bitsandbytes_dequantize(n: int, k: int, split: int, block_
     assert err < 5e-3, err
 
 
+def test_loading_a_step_ahead_changes_nothing() -> None:
+    """``prefetch`` only moves the next step's weight loads earlier: the sums are bit-identical."""
+    lin = _Lin(16, 3072, seed=7)
+    w, why = nk.nf4_weight(lin)
+    assert w is not None, why
+    x = torch.randn(3072, generator=torch.Generator().manual_seed(7)).to(torch.bfloat16).to(DEVICE)
+    code = nk._code_table(x.device)
+    args = (x, [w.words], [w.absmax], [w.absmax2], [w.offset], code, w.code2, [16], 3072)
+    for split in (1, 2):
+        plain = nk.nf4_gemv_launch(*args, split, 8, 1)
+        assert torch.equal(nk.nf4_gemv_launch(*args, split, 8, 1, prefetch=True), plain)
+    two = (x, *nk._flat([w, w]), code, w.code2, 16, 3072, 8, 1)
+    assert torch.equal(nk.nf4_gate_up_launch(*two, prefetch=True), nk.nf4_gate_up_launch(*two))
+
+
 def test_gemv_three_weights_in_one_launch() -> None:
     k = 256
     lins = [_Lin(n, k, seed=i) for i, n in enumerate((24, 8, 8))]

@@ -9,8 +9,11 @@ does the rest of a decode step around the linears in a few fused kernels:
 
 * ``gemv``: NF4 matrix-vector product. One warp per program; each lane owns 16 contiguous packed bytes of a
   row (32 weights, half an absmax block) and the program owns ``block_rows`` rows, so each activation load is
-  reused for all of them. Nibbles are decoded with ``tl.gather`` on the 16-entry NF4 table (a warp shuffle on
-  the GPU, plain indexing in Triton's interpreter -- no inline assembly, so CI runs the same code on the CPU).
+  reused for all of them. The tensors are shaped so that Triton keeps the lane as the thread axis: 16-byte
+  loads, and the nibbles, values and 32-element sums stay in registers with no layout change through shared
+  memory (measured: the layout, not the lookup, was what made an earlier version slow). Nibbles are decoded
+  with ``tl.gather`` on the NF4 table (a warp shuffle on the GPU, plain indexing in Triton's interpreter -- no
+  inline assembly, so CI runs the same code on the CPU).
   Up to three weights sharing one input (q, k, v) run in one launch; a split of K over programs writes float32
   partial sums that the consumer adds (the residual/norm and rotary kernels below do that for free).
 * ``gate_up``: gate and up projections in one launch with ``silu(gate) * up`` as the epilogue.
@@ -18,7 +21,7 @@ does the rest of a decode step around the linears in a few fused kernels:
 * ``rope_cache``: sums the q|k|v partials, applies the rotary embedding, writes k and v into the static cache.
 * ``attn_decode``: split-K decode attention over the *filled* part of the cache only (the position is read on
   the device, so the kernel stays capturable in a CUDA graph and costs what the conversation length costs, not
-  the cache size), 4 query heads per KV head read each K/V row once; a second kernel merges the splits.
+  the cache size; a fixed number of programs per KV head share those positions), 4 query heads per KV head read each K/V row once; a second kernel merges the splits.
 
 All of them are registered as torch custom ops (``torch.ops.kit_nf4.*``) with fake implementations, so
 ``torch.compile`` keeps the decode step as one graph. bitsandbytes still loads and quantizes the model and runs
@@ -51,7 +54,7 @@ BLOCK2 = 256  # second-level (double quant) block, in absmax entries
 STEP = 1024  # elements of one row a program consumes per loop step (32 lanes x 32)
 ATTN_CHUNK = 64  # cache positions per inner step of the attention kernel
 ATTN_SPLITS = 32  # attention programs per KV head; they share the filled cache positions in whole chunks
-NORM_WARPS = 8  # warps of the one-program add + RMSNorm kernel (bench/gpu_chat.py times 4 / 8 / 16)
+NORM_WARPS = 16  # warps of the one-program add + RMSNorm kernel (bench/gpu_chat.py times 4 / 8 / 16)
 ENV_DISABLE = "MAGISTRAL_KIT_NF4_KERNEL"  # "0" turns the kernels off (bitsandbytes decodes, reason recorded)
 
 
@@ -547,11 +550,11 @@ class DecodeSplits:
     bench/gpu_chat.py sweeps these on the GPU and records the best; the defaults are its choice for the
     Magistral shape on the H200."""
 
-    qkv: tuple[int, int, int] = (2, 4, 1)
-    o: tuple[int, int, int] = (2, 2, 1)
-    gate_up: tuple[int, int] = (2, 1)
-    down: tuple[int, int, int] = (2, 8, 1)
-    other: tuple[int, int, int] = (2, 4, 1)  # any other linear (the per-linear mode)
+    qkv: tuple[int, int, int] = (4, 2, 1)
+    o: tuple[int, int, int] = (8, 4, 1)
+    gate_up: tuple[int, int] = (8, 1)
+    down: tuple[int, int, int] = (8, 4, 1)
+    other: tuple[int, int, int] = (8, 5, 1)  # any other linear (the per-linear mode)
 
 
 DEFAULT_SPLITS = DecodeSplits()
