@@ -264,7 +264,7 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
     # launch shapes: (rows per program, warps per program) x K splits
     # (an earlier sweep with 2 and 4 warps per program, each warp on its own rows, never won: one warp is kept)
     shapes_bw = ((2, 1), (4, 1)) if quick else ((1, 1), (2, 1), (4, 1), (8, 1))
-    splits = (1, 4) if quick else (1, 2, 4, 8)
+    splits = (1, 4) if quick else (1, 2, 3, 4, 5, 8, 16)
 
     def rot(name: str, n_calls: int) -> list[int]:
         return [i % len(lins[name]) for i in range(max(n_calls, len(lins[name])))]
@@ -310,6 +310,42 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
         out["shapes"][name] = row
         log("kernel_" + name, {kk: v for kk, v in row.items() if kk != "ours"})
 
+    # what the NF4 table lookup costs: the same launches with the nibble itself as the weight (wrong values)
+    abl: dict[str, Any] = {}
+    for name in ("gate", "down"):
+        if name not in out["shapes"]:
+            continue
+        n, k = LINEAR_SHAPES[name]
+        br, w, sp = pick(out["shapes"][name]["best"])
+        xa = (torch.randn(k, device=DEV, generator=g) * 0.5).to(torch.bfloat16)
+        no_lut = round(graph_us([
+            (lambda wt=ws[name][i], br=br, w=w, sp=sp: nk.nf4_gemv_launch(
+                xa, [wt.words], [wt.absmax], [wt.absmax2], [wt.offset], code, wt.code2, [n], k, sp, br, w,
+                lookup=False)) for i in rot(name, 64)]), 2)
+        abl[name] = {"launch": out["shapes"][name]["best"], "with_lookup_us": out["shapes"][name]["ours_us"],
+                     "without_lookup_us": no_lut, "without_lookup_gbs": round(nf4_bytes(n, k) / 1e3 / no_lut, 1)}
+    out["lookup_ablation"] = abl
+    log("kernel_lookup_ablation", abl)
+
+    # loading the next step's weights before decoding the current ones (off in the decode step unless it wins)
+    pf: dict[str, Any] = {}
+    for name in ("gate", "down"):
+        if name not in out["shapes"] or quick:
+            continue
+        n, k = LINEAR_SHAPES[name]
+        xa = (torch.randn(k, device=DEV, generator=g) * 0.5).to(torch.bfloat16)
+        pf[name] = {}
+        for v in out["shapes"][name]["ours"]:
+            br, w, sp = pick(v)
+            if br < 4 or (k // sp) < 2048:  # a step ahead needs at least two steps per program
+                continue
+            pf[name][v] = {"off": out["shapes"][name]["ours"][v], "on": round(graph_us([
+                (lambda wt=ws[name][i], br=br, w=w, sp=sp: nk.nf4_gemv_launch(
+                    xa, [wt.words], [wt.absmax], [wt.absmax2], [wt.offset], code, wt.code2, [n], k, sp, br, w,
+                    prefetch=True)) for i in rot(name, 64)]), 2)}
+    out["prefetch"] = pf
+    log("kernel_prefetch", pf)
+
     # q|k|v in one launch, gate|up with the silu epilogue
     (nq_, hid), nk_ = LINEAR_SHAPES["q"], LINEAR_SHAPES["k"][0]
     inter = LINEAR_SHAPES["gate"][0]
@@ -325,19 +361,51 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
     gu = {}
     ng = len(lins["gate"])
     for br, w in shapes_bw:
-        gu[key(br, w)] = round(graph_us([
-            (lambda i=i, br=br, w=w: nk.nf4_gate_up_launch(
-                x5, *nk._flat([ws["gate"][i % ng], ws["up"][i % len(ws["up"])]]), code, ws["gate"][0].code2,
-                inter, hid, br, w)) for i in range(max(8, ng))]), 2)
+        for pf_ in ((False, True) if br >= 4 and not quick else (False,)):
+            gu[key(br, w) + ("_pf" if pf_ else "")] = round(graph_us([
+                (lambda i=i, br=br, w=w, pf_=pf_: nk.nf4_gate_up_launch(
+                    x5, *nk._flat([ws["gate"][i % ng], ws["up"][i % len(ws["up"])]]), code, ws["gate"][0].code2,
+                    inter, hid, br, w, prefetch=pf_)) for i in range(max(8, ng))]), 2)
     out["qkv_fused"] = {"variants": qkv, "best": min(qkv, key=qkv.get), "us": min(qkv.values())}
     out["gate_up_fused"] = {"variants": gu, "best": min(gu, key=gu.get), "us": min(gu.values())}
     log("kernel_qkv_fused", out["qkv_fused"])
     log("kernel_gate_up_fused", out["gate_up_fused"])
 
-    gbr, gw, _ = pick(out["gate_up_fused"]["best"] + "_s1")
+    # add + RMSNorm (one program) after a producer with S K-splits, by warps per program: the o and down
+    # launches are chosen with the norm that reads their S partial sums, and the warps with both
+    o_pick, down_pick = out["shapes"]["o"]["best"], out["shapes"]["down"]["best"]
+    try:
+        s_all = (1, 2, 4, 8, 16)
+        hid_parts = {sp_: torch.randn(sp_, hid, device=DEV, generator=g) for sp_ in s_all}
+        ln = torch.ones(hid, device=DEV, dtype=torch.bfloat16)
+        norm: dict[str, float] = {}
+        for w_ in (4, 8, 16):
+            nk.NORM_WARPS = w_
+            for sp_, parts in hid_parts.items():
+                norm[f"s{sp_}_w{w_}"] = round(graph_us([
+                    (lambda parts=parts: nk.add_rmsnorm_launch(x5, parts, ln, 1e-5)) for _ in range(64)]), 2)
+
+        def with_norm(shape: str, w_: int) -> tuple[float, str]:
+            def cost(v: str) -> float:
+                s_ = next(p_ for p_ in s_all if p_ >= pick(v)[2])
+                return out["shapes"][shape]["ours"][v] + norm[f"s{s_}_w{w_}"]
+            best_v = min(out["shapes"][shape]["ours"], key=cost)
+            return cost(best_v), best_v
+
+        best_w = min((4, 8, 16), key=lambda w_: with_norm("o", w_)[0] + with_norm("down", w_)[0])
+        o_pick, down_pick = with_norm("o", best_w)[1], with_norm("down", best_w)[1]
+        out["add_rmsnorm"] = {"variants": norm, "warps_best": best_w,
+                              "o_with_norm": o_pick, "down_with_norm": down_pick}
+    except Exception as exc:  # keep the GEMV figures and the default warps
+        out["add_rmsnorm"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}", "warps_best": 8}
+    nk.NORM_WARPS = out["add_rmsnorm"]["warps_best"]
+    log("kernel_add_rmsnorm", out["add_rmsnorm"])
+
+    gu_plain = min((v for v in gu if not v.endswith("_pf")), key=gu.get)  # the decode step runs without prefetch
+    gbr, gw, _ = pick(gu_plain + "_s1")
     splits_best = nk.DecodeSplits(qkv=pick(out["qkv_fused"]["best"], order=True),
-                                  o=pick(out["shapes"]["o"]["best"], order=True), gate_up=(gbr, gw),
-                                  down=pick(out["shapes"]["down"]["best"], order=True),
+                                  o=pick(o_pick, order=True), gate_up=(gbr, gw),
+                                  down=pick(down_pick, order=True),
                                   other=pick(out["shapes"]["q"]["best"], order=True))
     out["splits_best"] = {k_: list(v_) for k_, v_ in splits_best.__dict__.items()}
 
@@ -374,7 +442,70 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
                     "ours_gbs": round(layer_bytes / 1e3 / ours_layer, 1),
                     "bnb_gbs": round(layer_bytes / 1e3 / bnb_layer, 1)}
     log("kernel_layer", out["layer"])
+
     return out
+
+
+COLD_JIT = r'''
+import json, sys, time, torch
+import bitsandbytes.functional as bnbf
+from magistral_kit.model import nf4_kernel as nk
+sp = json.loads(sys.argv[1])
+dev = torch.device("cuda")
+code = nk._code_table(dev)
+def lin(n, k):
+    q, st = bnbf.quantize_4bit(torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02, quant_type="nf4",
+                               compress_statistics=True, blocksize=64)
+    q.quant_state = st
+    class L(torch.nn.Module):
+        pass
+    m = L(); m.weight = q; m.bias = None
+    return nk.nf4_weight(m)[0]
+hid, inter, nq, nkv, hd = 5120, 32768, 4096, 1024, 128
+W = {"q": lin(64, hid), "k": lin(64, hid), "v": lin(64, hid), "o": lin(64, nq), "gate": lin(64, hid),
+     "up": lin(64, hid), "down": lin(64, inter)}
+x = torch.randn(hid, device=dev).to(torch.bfloat16)
+kc = torch.zeros(8, 8192, hd, device=dev, dtype=torch.bfloat16); vc = torch.zeros_like(kc)
+pos = torch.tensor([5], device=dev)
+cos = torch.ones(hd, device=dev, dtype=torch.bfloat16); sin = torch.zeros_like(cos)
+torch.cuda.synchronize()
+t = {}
+def first(name, fn):
+    a = time.perf_counter(); fn(); torch.cuda.synchronize(); t[name] = round(time.perf_counter() - a, 3)
+first("gemv q|k|v", lambda: nk.nf4_gemv_launch(x, *nk._flat([W["q"], W["k"], W["v"]]), code, W["q"].code2,
+      [64, 64, 64], hid, sp["qkv"][1], sp["qkv"][0], sp["qkv"][2]))
+parts = torch.randn(sp["qkv"][1], (32 + 16) * hd, device=dev)
+first("rope + cache", lambda: nk.rope_cache_launch(parts, cos, sin, pos, kc, vc, 32, 8, hd))
+q = torch.randn(32 * hd, device=dev).to(torch.bfloat16)
+first("attention", lambda: nk.attn_decode_launch(q, kc, vc, pos, 32, hd ** -0.5))
+first("gemv o", lambda: nk.nf4_gemv_launch(q, *nk._flat([W["o"]]), code, W["o"].code2, [64], nq, sp["o"][1],
+      sp["o"][0], sp["o"][2]))
+ln = torch.ones(hid, device=dev, dtype=torch.bfloat16)
+for s_ in sorted({sp["o"][1], sp["down"][1]}):
+    first(f"add + rmsnorm S={s_}", lambda s_=s_: nk.add_rmsnorm_launch(x, torch.randn(s_, hid, device=dev), ln, 1e-5))
+first("gate_up", lambda: nk.nf4_gate_up_launch(x, *nk._flat([W["gate"], W["up"]]), code, W["gate"].code2, 64, hid,
+      sp["gate_up"][0], sp["gate_up"][1]))
+act = torch.randn(inter, device=dev).to(torch.bfloat16)
+first("gemv down", lambda: nk.nf4_gemv_launch(act, *nk._flat([W["down"]]), code, W["down"].code2, [64], inter,
+      sp["down"][1], sp["down"][0], sp["down"][2]))
+print("COLD_JIT " + json.dumps(t))
+'''
+
+
+def cold_jit(splits: Any) -> dict[str, Any]:
+    """Seconds of each kit kernel's first call in a fresh process with an empty Triton cache: the JIT cost a
+    first chat turn pays on a new machine (the in-process first-call figures run after the cache is warm)."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, TRITON_CACHE_DIR=cache)
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-c", COLD_JIT, json.dumps(dict(splits.__dict__))], env=env,
+                           cwd=str(REPO), capture_output=True, text=True, timeout=300)
+        wall = time.perf_counter() - t
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("COLD_JIT ")), None)
+    if line is None:
+        return {"error": (r.stderr or r.stdout)[-600:]}
+    per = json.loads(line[len("COLD_JIT "):])
+    return {"per_kernel_s": per, "jit_total_s": round(sum(per.values()), 2), "process_wall_s": round(wall, 1)}
 
 
 def profile_step(model: Any, cache: int, steps: int = 16) -> dict[str, Any]:
@@ -472,11 +603,12 @@ def h200_table(result: dict) -> str:
                          f"rotated) | {lay['mbytes']} | **{lay['bnb_us']:.1f}** | {lay['bnb_gbs']:.0f} | "
                          f"**{lay['ours_us']:.1f}** | {lay['ours_gbs']:.0f} | – |")
     profs = [(label, result[key]) for key, label in (("profile_graph_8k", "kit kernels"),
+                                                      ("profile_compiled_8k", "kit kernels, compiled"),
                                                       ("profile_bnb_graph_8k", "bitsandbytes"))
              if isinstance(result.get(key), dict) and "us_per_step" in result[key]]
     if profs:
         fams = list(dict.fromkeys(f for _, p in profs for f in p["us_per_step"]))
-        lines += ["", "| decode step, CUDA graph, 8k cache (torch.profiler over graph replays) | "
+        lines += ["", "| decode step, 8k cache (torch.profiler over CUDA-graph replays) | "
                   + " | ".join(f"{label}: GPU µs per token (kernels)" for label, _ in profs) + " |",
                   "|---|" + "---|" * len(profs)]
         for fam in fams:
@@ -485,10 +617,54 @@ def h200_table(result: dict) -> str:
             lines.append(f"| {fam} | " + " | ".join(cells) + " |")
         sums = " | ".join(f"**{p['kernel_sum_ms'] * 1000:.0f}**" for _, p in profs)
         lines.append(f"| **kernel sum** | {sums} |")
+        keys = {"kit kernels": "graph", "kit kernels, compiled": "compiled", "bitsandbytes": "bnb_graph"}
+        per_tok = [(1e6 / result[f"{keys[label]}_8k_decode_tok_per_s"])
+                   if result.get(f"{keys[label]}_8k_decode_tok_per_s") else None for label, _ in profs]
+        cells = [f"{t:.0f}" if t else "–" for t in per_tok]
+        lines.append("| measured per token (1 / decode rate); the rest is launch gaps and idle | "
+                     + " | ".join(cells) + " |")
+    cold = result.get("cold_jit")
+    if isinstance(cold, dict) and "per_kernel_s" in cold:
+        parts = ", ".join(f"{k_} {v_:.1f} s" for k_, v_ in cold["per_kernel_s"].items())
+        lines += ["", f"First turn on a fresh machine: the kit kernels' Triton JIT, timed in a fresh process with an "
+                  f"empty Triton cache, costs **{cold['jit_total_s']:.1f} s** once ({parts}); the first call's "
+                  "capture / compile in the first table ran with the kernels already compiled in the process."]
     fast, plain = result.get("chat_fast_turn_s_median"), result.get("chat_plain_turn_s_median")
     if fast is not None:
         lines += ["", f"Chat turns ({result.get('chat_embedder', 'embedder not recorded')}): fast decode "
                   f"{fast:.2f} s per turn (median)" + (f" vs plain generate {plain:.2f} s." if plain else ".")]
+    return "\n".join(lines) + "\n"
+
+
+def probe_table(result: dict) -> str:
+    """GPU.md table: what bounds the kit's NF4 GEMV (lookup ablation, one-step-ahead loads) from a --kernels-only
+    results JSON."""
+    k = result.get("kernels", {})
+    sh, abl, pf = k.get("shapes", {}), k.get("lookup_ablation", {}), k.get("prefetch", {})
+    lines = ["| linear (out × in) | MB read | kit µs, fastest launch | GB/s | without the NF4 lookup (wrong values) "
+             "µs | GB/s | fastest with the next step's weights loaded ahead µs (launch) |",
+             "|---|---|---|---|---|---|---|"]
+    for name in ("gate", "down"):
+        if name not in sh:
+            continue
+        r, a = sh[name], abl.get(name, {})
+        on = {v: x["on"] for v, x in pf.get(name, {}).items()}
+        best_on = min(on, key=on.get) if on else None
+        lines.append(f"| {name} {r['n']} × {r['k']} | {r['mbytes']} | **{r['ours_us']:.1f}** ({r['best']}) | "
+                     f"{r['ours_gbs']:.0f} | {_fmt(a.get('without_lookup_us'))} | {_fmt(a.get('without_lookup_gbs'), 0)} | "
+                     + (f"{on[best_on]:.1f} ({best_on}) |" if best_on else "– |"))
+    gu = k.get("gate_up_fused", {}).get("variants", {})
+    plain = {v: u for v, u in gu.items() if not v.endswith("_pf")}
+    ahead = {v: u for v, u in gu.items() if v.endswith("_pf")}
+    if plain and ahead and "gate" in sh:
+        bp, ba = min(plain, key=plain.get), min(ahead, key=ahead.get)
+        mb = 2 * sh["gate"]["mbytes"]
+        lines.append(f"| gate\\|up + silu·mul, one launch | {mb:.1f} | **{plain[bp]:.1f}** ({bp}) | "
+                     f"{mb * 1e3 / plain[bp]:.0f} | – | – | {ahead[ba]:.1f} ({ba}) |")
+    lines += ["", f"{result.get('device', '?')}, triton {result.get('versions', {}).get('triton', '?')}, random "
+              "weights of every Magistral linear shape quantized by bitsandbytes, CUDA graphs of calls rotating over "
+              "enough copies to defeat the L2 (`bench/gpu_chat.py --kernels-only`, "
+              "`results/nf4_kernel_probe_h200.json`)."]
     return "\n".join(lines) + "\n"
 
 
@@ -550,7 +726,9 @@ def main() -> None:
         t = time.perf_counter()
         lins = random_linears(scale_bytes=1.2e8 if args.quick else 4e8)
         log("t_random_linears_s", round(time.perf_counter() - t, 1))
-        log("kernels", kernel_bench(lins, quick=args.quick))
+        kb = kernel_bench(lins, quick=args.quick)
+        log("kernels", kb)
+        log("cold_jit", cold_jit(nk.DecodeSplits(**{k_: tuple(v_) for k_, v_ in kb["splits_best"].items()})))
         log("done", True)
         return
 
@@ -631,11 +809,14 @@ def fast_stages(args: Any, model: Any, cfg: Any, work: Path, runs: int, new_dec:
             kb = kernel_bench(model_linears(model), quick=args.quick)
             log("kernels", kb)
             nk.DEFAULT_SPLITS = nk.DecodeSplits(**{k_: tuple(v_) for k_, v_ in kb["splits_best"].items()})
+            nk.NORM_WARPS = kb["add_rmsnorm"]["warps_best"]
+            log("cold_jit", cold_jit(nk.DEFAULT_SPLITS))
         except Exception as exc:
             import traceback
 
             log("kernels_error", f"{type(exc).__name__}: {str(exc)[:300]} | {traceback.format_exc()[-800:]}")
     log("decode_splits_used", dict(nk.DEFAULT_SPLITS.__dict__))
+    log("norm_warps_used", nk.NORM_WARPS)
 
     # 5. fast paths ----------------------------------------------------------------------------------------------
     variants = [("graph", False)] + ([] if args.no_compile else [("compiled", True)])
@@ -668,8 +849,8 @@ def fast_stages(args: Any, model: Any, cfg: Any, work: Path, runs: int, new_dec:
                                               compile=comp, mode=MODE, temperature=0.7, top_p=0.95, seed=0)
                     log(f"{key}_sampling_t0.7_p0.95_tok_per_s", round(sample.decode_tok_per_s, 2))
                 log(f"{key}_gpu_peak_gib", peak())
-                if cache == 8192 and name == "graph" and DEV == "cuda":
-                    log("profile_graph_8k", profile_step(model, cache))
+                if cache == 8192 and DEV == "cuda":
+                    log(f"profile_{name}_8k", profile_step(model, cache))
             except Exception as exc:  # record, keep measuring the rest
                 import traceback
 

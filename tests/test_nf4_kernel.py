@@ -68,6 +68,8 @@ def test_bitsandbytes_quantizes_on_the_cpu() -> None:
     (33, 320, 2, 8, 2),  # rows past a program's tile, split K, two warps per program
     (16, 1088, 3, 8, 4),  # K > one step, uneven split
     (5, 2048, 4, 2, 1),  # several steps per split
+    (8, 2048, 2, 4, 1),  # whole steps and whole tiles: the unmasked (EVEN) path
+    (16, 1024, 1, 8, 2),  # the unmasked path with two warps per program
 ])
 def test_gemv_matches_bitsandbytes_dequantize(n: int, k: int, split: int, block_rows: int, warps: int) -> None:
     lin = _Lin(n, k, seed=n * 1000 + k)
@@ -82,6 +84,21 @@ def test_gemv_matches_bitsandbytes_dequantize(n: int, k: int, split: int, block_
     # ... and stays within bitsandbytes' own error of its dequantized product (bnb rounds weights to bf16)
     err = float((y.float() - ref).abs().max() / ref.abs().max())
     assert err < 5e-3, err
+
+
+def test_loading_a_step_ahead_changes_nothing() -> None:
+    """``prefetch`` only moves the next step's weight loads earlier: the sums are bit-identical."""
+    lin = _Lin(16, 3072, seed=7)
+    w, why = nk.nf4_weight(lin)
+    assert w is not None, why
+    x = torch.randn(3072, generator=torch.Generator().manual_seed(7)).to(torch.bfloat16).to(DEVICE)
+    code = nk._code_table(x.device)
+    args = (x, [w.words], [w.absmax], [w.absmax2], [w.offset], code, w.code2, [16], 3072)
+    for split in (1, 2):
+        plain = nk.nf4_gemv_launch(*args, split, 8, 1)
+        assert torch.equal(nk.nf4_gemv_launch(*args, split, 8, 1, prefetch=True), plain)
+    two = (x, *nk._flat([w, w]), code, w.code2, 16, 3072, 8, 1)
+    assert torch.equal(nk.nf4_gate_up_launch(*two, prefetch=True), nk.nf4_gate_up_launch(*two))
 
 
 def test_gemv_three_weights_in_one_launch() -> None:
@@ -220,12 +237,12 @@ def test_decode_step_matches_the_model_forward(tiny_nf4: torch.nn.Module) -> Non
         assert not k_kit[:, :, n + 2:].any()
 
 
-@pytest.mark.parametrize("pos", [0, 130, 300])
-def test_attention_reads_only_the_filled_cache(pos: int) -> None:
+@pytest.mark.parametrize("pos,length", [(0, 320), (130, 320), (300, 320), (2500, 2560)])
+def test_attention_reads_only_the_filled_cache(pos: int, length: int) -> None:
     """Stale values past the position (an earlier, longer conversation) must not change the result; positions
-    over several splits are merged."""
+    over several splits are merged (the last case: every program of a head takes several chunks)."""
     g = torch.Generator().manual_seed(pos)
-    n_heads, n_kv, d, length = 4, 2, 32, 320
+    n_heads, n_kv, d = 4, 2, 32
     kc = torch.randn(1, n_kv, length, d, generator=g).to(torch.bfloat16).to(DEVICE)
     vc = torch.randn(1, n_kv, length, d, generator=g).to(torch.bfloat16).to(DEVICE)
     q = torch.randn(n_heads * d, generator=g).to(torch.bfloat16).to(DEVICE)

@@ -9,8 +9,11 @@ does the rest of a decode step around the linears in a few fused kernels:
 
 * ``gemv``: NF4 matrix-vector product. One warp per program; each lane owns 16 contiguous packed bytes of a
   row (32 weights, half an absmax block) and the program owns ``block_rows`` rows, so each activation load is
-  reused for all of them. Nibbles are decoded with ``tl.gather`` on the 16-entry NF4 table (a warp shuffle on
-  the GPU, plain indexing in Triton's interpreter -- no inline assembly, so CI runs the same code on the CPU).
+  reused for all of them. The tensors are shaped so that Triton keeps the lane as the thread axis: 16-byte
+  loads, and the nibbles, values and 32-element sums stay in registers with no layout change through shared
+  memory (measured: the layout, not the lookup, was what made an earlier version slow). Nibbles are decoded
+  with ``tl.gather`` on the NF4 table (a warp shuffle on the GPU, plain indexing in Triton's interpreter -- no
+  inline assembly, so CI runs the same code on the CPU).
   Up to three weights sharing one input (q, k, v) run in one launch; a split of K over programs writes float32
   partial sums that the consumer adds (the residual/norm and rotary kernels below do that for free).
 * ``gate_up``: gate and up projections in one launch with ``silu(gate) * up`` as the epilogue.
@@ -18,7 +21,7 @@ does the rest of a decode step around the linears in a few fused kernels:
 * ``rope_cache``: sums the q|k|v partials, applies the rotary embedding, writes k and v into the static cache.
 * ``attn_decode``: split-K decode attention over the *filled* part of the cache only (the position is read on
   the device, so the kernel stays capturable in a CUDA graph and costs what the conversation length costs, not
-  the cache size), 4 query heads per KV head read each K/V row once; a second kernel merges the splits.
+  the cache size; a fixed number of programs per KV head share those positions), 4 query heads per KV head read each K/V row once; a second kernel merges the splits.
 
 All of them are registered as torch custom ops (``torch.ops.kit_nf4.*``) with fake implementations, so
 ``torch.compile`` keeps the decode step as one graph. bitsandbytes still loads and quantizes the model and runs
@@ -50,7 +53,8 @@ BLOCK = 64  # bitsandbytes absmax block (elements)
 BLOCK2 = 256  # second-level (double quant) block, in absmax entries
 STEP = 1024  # elements of one row a program consumes per loop step (32 lanes x 32)
 ATTN_CHUNK = 64  # cache positions per inner step of the attention kernel
-ATTN_SPLIT = 256  # cache positions per attention program
+ATTN_SPLITS = 32  # attention programs per KV head; they share the filled cache positions in whole chunks
+NORM_WARPS = 16  # warps of the one-program add + RMSNorm kernel (bench/gpu_chat.py times 4 / 8 / 16)
 ENV_DISABLE = "MAGISTRAL_KIT_NF4_KERNEL"  # "0" turns the kernels off (bitsandbytes decodes, reason recorded)
 
 
@@ -69,53 +73,72 @@ if triton is not None:
 
     @triton.jit
     def _nf4_rows(x_ptr, w_ptr, a_ptr, s2_ptr, off_ptr, code2_ptr, code, row0, N, K, k_lo, k_hi,
-                  BR: tl.constexpr, W: tl.constexpr = 1):
+                  BR: tl.constexpr, W: tl.constexpr = 1, EVEN: tl.constexpr = False,
+                  LOOKUP: tl.constexpr = True, PF: tl.constexpr = False):
         """float32 dot products of rows [row0, row0 + BR) of one NF4 weight with x over elements [k_lo, k_hi).
 
-        W warps split the BR rows; each lane of a warp owns 16 packed bytes (32 weights) of each of its rows."""
-        LANES: tl.constexpr = 32
+        Lane t of a warp owns 16 contiguous packed bytes (32 weights, half an absmax block) of every row per
+        1024-element step. Tensors keep the lane as the axis Triton spreads over threads (it is the first axis of
+        every load and the last of the decode), so the loads are 16-byte vectors, the nibbles, products and the
+        32-element sums stay in each thread's registers, and no layout change goes through shared memory.
+        EVEN (rows a multiple of BR, K range a multiple of 1024) drops every mask. LOOKUP=False uses the nibble
+        itself as the weight: wrong values, only for measuring what the table lookup costs (bench/gpu_chat.py).
+        PF (with EVEN) loads the next step's packed weights before decoding the current ones."""
         rows = row0 + tl.arange(0, BR)
         rmask = rows < N
-        lane = tl.arange(0, LANES)
-        e = tl.arange(0, 32)
-        j = tl.arange(0, 8)
-        # element 2i is the high nibble of byte i; little-endian words hold bytes 0..3
-        shifts = ((j // 2) * 8 + (1 - j % 2) * 4).to(tl.uint32)
+        t = tl.arange(0, 32)
+        c = tl.arange(0, 4)  # 32-bit word of a lane's 16 bytes
+        i = tl.arange(0, 8)  # nibble of a word in element order: element 2b is the high nibble of byte b
+        shifts = ((i // 2) * 8 + (1 - i % 2) * 4).to(tl.uint32)
         off = tl.load(off_ptr)
         kw = K // 8
         kb = K // 64
-        wrow = w_ptr + tl.multiple_of(rows * kw, 8)
-        arow = rows * kb
-        acc = tl.zeros([BR, LANES], dtype=tl.float32)
-        for k_step in range(k_lo, k_hi, LANES * 32):
+        woff = t[:, None, None] * 4 + tl.multiple_of(rows * kw, 8)[None, :, None] + c[None, None, :]  # [32,BR,4]
+        xoff = t[:, None, None] * 32 + c[None, :, None] * 8 + i[None, None, :]  # [32, 4, 8]
+        acc = tl.zeros([32, BR], dtype=tl.float32)
+        if PF:
+            wn = tl.load(w_ptr + k_lo // 8 + woff)
+        for k_step in range(k_lo, k_hi, 1024):
             k0 = tl.multiple_of(k_step, 64)
-            kl = k0 + lane * 32  # first element of each lane's 32
-            lmask = kl < k_hi
-            m2 = rmask[:, None] & lmask[None, :]
-            kw0 = tl.multiple_of(k_step // 8, 8)  # (the hint must follow the division to give 16-byte loads)
-            wv = tl.load(wrow[:, None, None] + kw0 + (lane * 4)[None, :, None] + tl.arange(0, 4)[None, None, :],
-                         mask=m2[:, :, None], other=0)
-            wv = tl.permute(wv.to(tl.uint32, bitcast=True), (0, 2, 1))  # [BR, 4 words, LANES]
-            nib = (wv[:, :, None, :] >> shifts[None, None, :, None]) & 15  # [BR, 4, 8, LANES]
-            if W == 1:
-                v = tl.gather(code, tl.reshape(nib, [BR * 32 * LANES]).to(tl.int32), 0)
+            kw0 = tl.multiple_of(k_step // 8, 8)
+            blk = (k0 // 64 + t // 2)[:, None] + (rows * kb)[None, :]  # [32, BR] absmax block of each lane
+            if EVEN:
+                if PF:
+                    wv = wn
+                    wn = tl.load(w_ptr + kw0 + 128 + woff, mask=k_step + 1024 < k_hi, other=0)
+                else:
+                    wv = tl.load(w_ptr + kw0 + woff)
+                xv = tl.load(x_ptr + k0 + xoff)
+                a = tl.load(a_ptr + blk).to(tl.int32)
+                s2 = tl.load(s2_ptr + blk // 256)
+            else:
+                tmask = k0 + t * 32 < k_hi
+                m2 = tmask[:, None] & rmask[None, :]
+                wv = tl.load(w_ptr + kw0 + woff, mask=m2[:, :, None], other=0)
+                xv = tl.load(x_ptr + k0 + xoff, mask=tmask[:, None, None], other=0.0)
+                a = tl.load(a_ptr + blk, mask=m2, other=0).to(tl.int32)
+                s2 = tl.load(s2_ptr + blk // 256, mask=m2, other=0.0)
+            wv = tl.permute(wv.to(tl.uint32, bitcast=True), (1, 2, 0))  # [BR, 4, 32]
+            # the table holds the 16 values twice, so 5 bits index it (one op less than masking 4 bits off)
+            nib = ((wv[:, :, None, :] >> shifts[None, None, :, None]) & 31).to(tl.int32)  # [BR, 4, 8, 32]
+            if not LOOKUP:  # the nibble's bits as a float's mantissa: no lookup and no conversion instruction
+                v = tl.reshape((nib | 0x3F800000).to(tl.float32, bitcast=True), [BR * 1024])
+            elif W == 1:
+                v = tl.gather(code, tl.reshape(nib, [BR * 1024]), 0)
             else:  # one table per warp: the gather stays a warp shuffle
-                v = tl.gather(tl.broadcast_to(code[None, :], [W, 32]),
-                              tl.reshape(nib, [W, BR // W * 32 * LANES]).to(tl.int32), 1)
-            v = tl.reshape(v, [BR, 32, LANES])
-            xv = tl.load(x_ptr + kl[:, None] + e[None, :], mask=lmask[:, None], other=0.0)  # [LANES, 32]
-            xv = tl.permute(xv, (1, 0)).to(tl.float32)
-            part = tl.sum(v * xv[None, :, :], axis=1)  # [BR, LANES]: half an absmax block each
-            blk = arow[:, None] + (kl // 64)[None, :]
-            a = tl.load(a_ptr + blk, mask=m2, other=0).to(tl.int32)
-            scale = tl.load(code2_ptr + a) * tl.load(s2_ptr + blk // 256, mask=m2, other=0.0) + off
-            acc += part * scale
-        return tl.sum(acc, axis=1), rows, rmask
+                v = tl.gather(tl.broadcast_to(code[None, :], [W, 32]), tl.reshape(nib, [W, BR // W * 1024]), 1)
+            v = tl.reshape(v, [BR, 4, 8, 32])
+            xf = tl.permute(xv, (1, 2, 0)).to(tl.float32)  # [4, 8, 32]
+            part = tl.sum(tl.sum(v * xf[None, :, :, :], axis=2), axis=1)  # [BR, 32]: half an absmax block each
+            scale = tl.load(code2_ptr + a) * s2 + off
+            acc += tl.trans(part) * scale
+        return tl.sum(acc, axis=0), rows, rmask
 
     @triton.jit
     def _nf4_gemv_kernel(x_ptr, out_ptr, code_ptr, code2_ptr,
                          w0, a0, s0, o0, n0, w1, a1, s1, o1, n1, w2, a2, s2, o2, n2,
-                         K, K_SPLIT, N_TOTAL, BR: tl.constexpr, NSEG: tl.constexpr, W: tl.constexpr):
+                         K, K_SPLIT, N_TOTAL, BR: tl.constexpr, NSEG: tl.constexpr, W: tl.constexpr,
+                         EVEN: tl.constexpr, LOOKUP: tl.constexpr = True, PF: tl.constexpr = False):
         """Up to 3 NF4 weights sharing the input x; out[split, row] = partial sum over this program's K range."""
         pid = tl.program_id(0)
         sid = tl.program_id(1)
@@ -125,42 +148,46 @@ if triton is not None:
         out = out_ptr + sid * N_TOTAL
         nb0 = tl.cdiv(n0, BR)
         if pid < nb0:
-            y, rows, rmask = _nf4_rows(x_ptr, w0, a0, s0, o0, code2_ptr, code, pid * BR, n0, K, k_lo, k_hi, BR, W)
+            y, rows, rmask = _nf4_rows(x_ptr, w0, a0, s0, o0, code2_ptr, code, pid * BR, n0, K, k_lo, k_hi, BR, W,
+                                       EVEN, LOOKUP, PF)
             tl.store(out + rows, y, mask=rmask)
         else:
             if NSEG > 1:
                 nb1 = tl.cdiv(n1, BR)
                 if pid < nb0 + nb1:
                     y, rows, rmask = _nf4_rows(x_ptr, w1, a1, s1, o1, code2_ptr, code, (pid - nb0) * BR, n1, K,
-                                               k_lo, k_hi, BR, W)
+                                               k_lo, k_hi, BR, W, EVEN, LOOKUP, PF)
                     tl.store(out + n0 + rows, y, mask=rmask)
                 else:
                     if NSEG > 2:
                         y, rows, rmask = _nf4_rows(x_ptr, w2, a2, s2, o2, code2_ptr, code,
-                                                   (pid - nb0 - nb1) * BR, n2, K, k_lo, k_hi, BR, W)
+                                                   (pid - nb0 - nb1) * BR, n2, K, k_lo, k_hi, BR, W, EVEN,
+                                                   LOOKUP, PF)
                         tl.store(out + n0 + n1 + rows, y, mask=rmask)
 
     @triton.jit
     def _nf4_gate_up_kernel(x_ptr, out_ptr, code_ptr, code2_ptr, wg, ag, sg, og, wu, au, su, ou, N, K,
-                            BR: tl.constexpr, W: tl.constexpr):
+                            BR: tl.constexpr, W: tl.constexpr, EVEN: tl.constexpr, PF: tl.constexpr = False):
         """bf16 silu(x @ gate^T) * (x @ up^T), rounded where the bf16 module path rounds."""
         pid = tl.program_id(0)
         code = tl.load(code_ptr + tl.max_contiguous(tl.arange(0, 32), 1))
-        g, rows, rmask = _nf4_rows(x_ptr, wg, ag, sg, og, code2_ptr, code, pid * BR, N, K, 0, K, BR, W)
-        u, rows, rmask = _nf4_rows(x_ptr, wu, au, su, ou, code2_ptr, code, pid * BR, N, K, 0, K, BR, W)
+        g, rows, rmask = _nf4_rows(x_ptr, wg, ag, sg, og, code2_ptr, code, pid * BR, N, K, 0, K, BR, W, EVEN, True, PF)
+        u, rows, rmask = _nf4_rows(x_ptr, wu, au, su, ou, code2_ptr, code, pid * BR, N, K, 0, K, BR, W, EVEN, True, PF)
         g = _rn(g)
         act = _rn(g / (1.0 + tl.exp(-g)))
         y = _rn(act * _rn(u))
         tl.store(out_ptr + rows, y.to(tl.bfloat16), mask=rmask)
 
     @triton.jit
-    def _add_rmsnorm_kernel(res_ptr, part_ptr, S, w_ptr, x_out, h_out, H, eps, BLOCK_H: tl.constexpr):
-        """h = bf16(res + bf16(sum_s part[s])); x = w * bf16(h * rsqrt(mean(h^2) + eps))."""
+    def _add_rmsnorm_kernel(res_ptr, part_ptr, w_ptr, x_out, h_out, H, eps, S: tl.constexpr, BLOCK_H: tl.constexpr):
+        """h = bf16(res + bf16(sum_s part[s])); x = w * bf16(h * rsqrt(mean(h^2) + eps)).
+
+        S (the producer's K splits) is a constant so the loop unrolls and the S loads are in flight together."""
         d = tl.arange(0, BLOCK_H)
         m = d < H
         h = tl.load(res_ptr + d, mask=m, other=0.0).to(tl.float32)
         lin = tl.zeros([BLOCK_H], dtype=tl.float32)
-        for s in range(0, S):
+        for s in tl.static_range(S):
             lin += tl.load(part_ptr + s * H + d, mask=m, other=0.0)
         hf = _rn(h + _rn(lin))
         tl.store(h_out + d, hf.to(tl.bfloat16), mask=m)
@@ -170,7 +197,7 @@ if triton is not None:
         tl.store(x_out + d, _rn(w * y).to(tl.bfloat16), mask=m)
 
     @triton.jit
-    def _rope_cache_kernel(part_ptr, S, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, q_out, L,
+    def _rope_cache_kernel(part_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, q_out, L, S: tl.constexpr,
                            NH: tl.constexpr, NKV: tl.constexpr, D: tl.constexpr):
         """Program h < NH: rotate query head h into q_out; NH <= h < NH + NKV: rotate key head, write k and v."""
         h = tl.program_id(0)
@@ -184,7 +211,7 @@ if triton is not None:
         sin = tl.load(sin_ptr + d).to(tl.float32)
         x = tl.zeros([D], dtype=tl.float32)
         xp = tl.zeros([D], dtype=tl.float32)
-        for s in range(0, S):
+        for s in tl.static_range(S):
             x += tl.load(part_ptr + s * NTOT + h * D + d)
             xp += tl.load(part_ptr + s * NTOT + h * D + pd)
         x = _rn(x)
@@ -198,19 +225,22 @@ if triton is not None:
             kvh = h - NH
             tl.store(kc_ptr + (kvh * L + pos) * D + d, r)
             v = tl.zeros([D], dtype=tl.float32)
-            for s in range(0, S):
+            for s in tl.static_range(S):
                 v += tl.load(part_ptr + s * NTOT + (NH + NKV + kvh) * D + d)
             tl.store(vc_ptr + (kvh * L + pos) * D + d, _rn(v).to(tl.bfloat16))
 
     @triton.jit
     def _attn_split_kernel(q_ptr, kc_ptr, vc_ptr, pos_ptr, m_out, l_out, acc_out, L, NSPLIT, scale,
-                           G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, CH: tl.constexpr,
-                           SPLIT: tl.constexpr):
-        """Attention of the G query heads of KV head ``kvh`` over cache positions of one split (<= pos only)."""
+                           G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, CH: tl.constexpr):
+        """Attention of the G query heads of KV head ``kvh`` over one split of the filled positions (<= pos).
+
+        The NSPLIT programs of a head share the filled positions (read on the device) in whole chunks, so a short
+        conversation is spread over as many programs as a long one instead of leaving most of them idle."""
         kvh = tl.program_id(0)
         sp = tl.program_id(1)
         pos = tl.load(pos_ptr)
-        start = sp * SPLIT
+        per = tl.cdiv(tl.cdiv(pos + 1, NSPLIT), CH) * CH
+        start = sp * per
         if start <= pos:
             g = tl.arange(0, GP)
             d = tl.arange(0, D)
@@ -220,7 +250,7 @@ if triton is not None:
             l_i = tl.zeros([GP], dtype=tl.float32)
             acc = tl.zeros([GP, D], dtype=tl.float32)
             base = kvh * L * D
-            for c in range(start, start + SPLIT, CH):
+            for c in range(start, start + per, CH):
                 p = c + tl.arange(0, CH)
                 valid = p <= pos
                 k = tl.load(kc_ptr + base + p[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
@@ -243,13 +273,13 @@ if triton is not None:
 
     @triton.jit
     def _attn_merge_kernel(m_ptr, l_ptr, acc_ptr, pos_ptr, out_ptr, NSPLIT, G: tl.constexpr, D: tl.constexpr,
-                           SPLIT: tl.constexpr, BS: tl.constexpr):
+                           CH: tl.constexpr, BS: tl.constexpr):
         """out[head] = merge of the used splits' (max, sum, acc) of that head (flash-decoding reduction)."""
         h = tl.program_id(0)
         kvh = h // G
         g = h % G
         pos = tl.load(pos_ptr)
-        used = pos // SPLIT + 1
+        used = tl.cdiv(pos + 1, tl.cdiv(tl.cdiv(pos + 1, NSPLIT), CH) * CH)
         d = tl.arange(0, D)
         m_run = float("-inf")
         l_run = 0.0
@@ -286,8 +316,10 @@ def _code_table(device: torch.device) -> torch.Tensor:
 def nf4_gemv_launch(x: torch.Tensor, weights: Sequence[torch.Tensor], absmax: Sequence[torch.Tensor],
                     absmax2: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor], code: torch.Tensor,
                     code2: torch.Tensor, rows: Sequence[int], k: int, split: int = 1,
-                    block_rows: int = 8, warps: int = 1) -> torch.Tensor:
-    """float32 partial sums ``[split, sum(rows)]`` of ``x @ W_i^T`` for up to 3 NF4 weights (concatenated)."""
+                    block_rows: int = 8, warps: int = 1, lookup: bool = True,
+                    prefetch: bool = False) -> torch.Tensor:
+    """float32 partial sums ``[split, sum(rows)]`` of ``x @ W_i^T`` for up to 3 NF4 weights (concatenated).
+    ``lookup=False`` is a diagnosis only; ``prefetch`` loads a step ahead (see ``_nf4_rows``)."""
     _need_triton()
     n_seg = len(weights)
     if not 1 <= n_seg <= 3:
@@ -301,8 +333,9 @@ def nf4_gemv_launch(x: torch.Tensor, weights: Sequence[torch.Tensor], absmax: Se
         j = min(i, n_seg - 1)
         segs += [weights[j], absmax[j], absmax2[j], offsets[j], int(rows[j]) if i < n_seg else 0]
     nb = sum(-(-int(r) // block_rows) for r in rows)
+    even = k % STEP == 0 and k_split % STEP == 0 and all(int(r) % block_rows == 0 for r in rows)
     _nf4_gemv_kernel[(nb, split)](x, out, code, code2, *segs, k, k_split, n_total, BR=block_rows, NSEG=n_seg,
-                                  W=warps, num_warps=warps)
+                                  W=warps, EVEN=even, LOOKUP=lookup, PF=prefetch and even, num_warps=warps)
     return out
 
 
@@ -316,12 +349,15 @@ def _k_split(k: int, split: int) -> int:
 
 def nf4_gate_up_launch(x: torch.Tensor, weights: Sequence[torch.Tensor], absmax: Sequence[torch.Tensor],
                        absmax2: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor], code: torch.Tensor,
-                       code2: torch.Tensor, n: int, k: int, block_rows: int = 8, warps: int = 1) -> torch.Tensor:
+                       code2: torch.Tensor, n: int, k: int, block_rows: int = 8, warps: int = 1,
+                       prefetch: bool = False) -> torch.Tensor:
     _need_triton()
     out = torch.empty((n,), dtype=torch.bfloat16, device=x.device)
+    even = n % block_rows == 0 and k % STEP == 0
     _nf4_gate_up_kernel[(-(-n // block_rows),)](x, out, code, code2, weights[0], absmax[0], absmax2[0], offsets[0],
                                                 weights[1], absmax[1], absmax2[1], offsets[1], n, k,
-                                                BR=block_rows, W=warps, num_warps=warps)
+                                                BR=block_rows, W=warps, EVEN=even, PF=prefetch and even,
+                                                num_warps=warps)
     return out
 
 
@@ -332,8 +368,8 @@ def add_rmsnorm_launch(res: torch.Tensor, parts: torch.Tensor | None, weight: to
     x = torch.empty_like(res)
     h = torch.empty_like(res)
     s = 0 if parts is None else parts.shape[0]
-    _add_rmsnorm_kernel[(1,)](res, parts if parts is not None else res, s, weight, x, h, h_dim, float(eps),
-                              BLOCK_H=triton.next_power_of_2(h_dim), num_warps=8 if h_dim >= 2048 else 4)
+    _add_rmsnorm_kernel[(1,)](res, parts if parts is not None else res, weight, x, h, h_dim, float(eps), S=s,
+                              BLOCK_H=triton.next_power_of_2(h_dim), num_warps=NORM_WARPS if h_dim >= 2048 else 4)
     return x, h
 
 
@@ -342,8 +378,8 @@ def rope_cache_launch(parts: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                       head_dim: int) -> torch.Tensor:
     _need_triton()
     q = torch.empty((n_heads * head_dim,), dtype=torch.bfloat16, device=parts.device)
-    _rope_cache_kernel[(n_heads + n_kv,)](parts, parts.shape[0], cos, sin, pos, k_cache, v_cache, q,
-                                          k_cache.shape[-2], NH=n_heads, NKV=n_kv, D=head_dim, num_warps=1)
+    _rope_cache_kernel[(n_heads + n_kv,)](parts, cos, sin, pos, k_cache, v_cache, q, k_cache.shape[-2],
+                                          S=parts.shape[0], NH=n_heads, NKV=n_kv, D=head_dim, num_warps=1)
     return q
 
 
@@ -352,17 +388,16 @@ def attn_decode_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
     _need_triton()
     n_kv, length, d = k_cache.shape[-3], k_cache.shape[-2], k_cache.shape[-1]
     g = n_heads // n_kv
-    split = min(ATTN_SPLIT, max(ATTN_CHUNK, triton.next_power_of_2(length)))
-    n_split = -(-length // split)
+    n_split = max(1, min(ATTN_SPLITS, -(-length // ATTN_CHUNK)))
     dev = q.device
     m = torch.empty((n_kv * n_split * g,), dtype=torch.float32, device=dev)
     l_ = torch.empty_like(m)
     acc = torch.empty((n_kv * n_split * g, d), dtype=torch.float32, device=dev)
     _attn_split_kernel[(n_kv, n_split)](q, k_cache, v_cache, pos, m, l_, acc, length, n_split, float(scale),
                                         G=g, GP=max(16, triton.next_power_of_2(g)), D=d, CH=ATTN_CHUNK,
-                                        SPLIT=split, num_warps=4)
+                                        num_warps=4)
     out = torch.empty((n_heads * d,), dtype=torch.bfloat16, device=dev)
-    _attn_merge_kernel[(n_heads,)](m, l_, acc, pos, out, n_split, G=g, D=d, SPLIT=split,
+    _attn_merge_kernel[(n_heads,)](m, l_, acc, pos, out, n_split, G=g, D=d, CH=ATTN_CHUNK,
                                    BS=min(64, triton.next_power_of_2(n_split)), num_warps=1)
     return out
 
@@ -515,11 +550,11 @@ class DecodeSplits:
     bench/gpu_chat.py sweeps these on the GPU and records the best; the defaults are its choice for the
     Magistral shape on the H200."""
 
-    qkv: tuple[int, int, int] = (2, 4, 1)
-    o: tuple[int, int, int] = (2, 2, 1)
-    gate_up: tuple[int, int] = (2, 1)
-    down: tuple[int, int, int] = (2, 8, 1)
-    other: tuple[int, int, int] = (2, 4, 1)  # any other linear (the per-linear mode)
+    qkv: tuple[int, int, int] = (4, 2, 1)
+    o: tuple[int, int, int] = (8, 4, 1)
+    gate_up: tuple[int, int] = (8, 1)
+    down: tuple[int, int, int] = (8, 4, 1)
+    other: tuple[int, int, int] = (8, 5, 1)  # any other linear (the per-linear mode)
 
 
 DEFAULT_SPLITS = DecodeSplits()
