@@ -111,6 +111,18 @@ class Precomputed:
         return self.real.encode(texts, batch_size=batch_size)
 
 
+def timed_searches(mem, qs: list[str]) -> dict:
+    """p50 / p95 / mean (ms) of `mem.search(q, 5)` over the questions, each asserted to find 5 memories."""
+    ms = []
+    for q in qs:
+        t = time.perf_counter()
+        hits = mem.search(q, 5)
+        ms.append((time.perf_counter() - t) * 1000)
+        assert len(hits) == 5
+    return {"p50_ms": round(pct(ms, 50), 2), "p95_ms": round(pct(ms, 95), 2),
+            "mean_ms": round(statistics.fmean(ms), 2), "n": len(ms)}
+
+
 def worker(impl: str, n: int, queries: int, folder: Path, hnsw_sizes: set[int]) -> dict:
     import numpy as np
 
@@ -163,26 +175,14 @@ def worker(impl: str, n: int, queries: int, folder: Path, hnsw_sizes: set[int]) 
             mem._build_lexical()
         if opts is not None and impl == "kit":
             pass  # the lexical index is in SQLite already
-        ms = []
-        for q in qs:
-            t = time.perf_counter()
-            hits = mem.search(q, 5)
-            ms.append((time.perf_counter() - t) * 1000)
-            assert len(hits) == 5
-        out[f"search_{label}"] = {"p50_ms": round(pct(ms, 50), 2), "p95_ms": round(pct(ms, 95), 2),
-                                  "mean_ms": round(statistics.fmean(ms), 2), "n": len(ms)}
+        out[f"search_{label}"] = timed_searches(mem, qs)
     # the same searches with the query vectors computed beforehand: what the storage itself costs
     qvecs = real.encode(qs)
     fake.lookup.update({q: len(fake.vecs) + i for i, q in enumerate(qs)})
     fake.vecs = np.concatenate([fake.vecs, qvecs])
     for label, opts in (("dense", None), ("chat_default", RetrievalOptions())):
         mem.retrieval = opts
-        ms = []
-        for q in qs:
-            t = time.perf_counter()
-            mem.search(q, 5)
-            ms.append((time.perf_counter() - t) * 1000)
-        out[f"search_{label}_excl_embedding"] = {"p50_ms": round(pct(ms, 50), 2), "p95_ms": round(pct(ms, 95), 2)}
+        out[f"search_{label}_excl_embedding"] = timed_searches(mem, qs)
     ms_embed = []
     for q in qs[:100]:
         t = time.perf_counter()
@@ -208,13 +208,7 @@ def worker(impl: str, n: int, queries: int, folder: Path, hnsw_sizes: set[int]) 
                     fake.lookup.update(precomputed)
                 for label, opts in (("dense", None), ("chat_default", RetrievalOptions())):
                     mem.retrieval = opts
-                    ms = []
-                    for q in qs:
-                        t = time.perf_counter()
-                        mem.search(q, 5)
-                        ms.append((time.perf_counter() - t) * 1000)
-                    out[f"search_{label}_hnsw" + ("_excl_embedding" if excl else "")] = {
-                        "p50_ms": round(pct(ms, 50), 2), "p95_ms": round(pct(ms, 95), 2), "n": len(ms)}
+                    out[f"search_{label}_hnsw" + ("_excl_embedding" if excl else "")] = timed_searches(mem, qs)
             mem.retrieval = None
             rec = []
             for v in real.encode(qs[:100]):
