@@ -132,6 +132,7 @@ def check(item: str, user_text: str) -> Verdict:
         _fold(t) for t in raw_tokens if _is_name(t, False)])
     other = _other_person(item, raw_tokens, source_words, user_text)
     cut = bool(raw_tokens) and _fold(raw_tokens[-1]) in _DANGLING and not item.rstrip().endswith(("?", "!"))
+    cut = cut or item.rstrip().endswith(("...", "…"))  # the extractor's own mark of a cut
     # cut after whole sentences (the 120-character value cap): the whole sentences still state their claim
     cut = cut and not re.search(r"\w[.!?]\s+\S", item)
     too_short = too_short or cut
