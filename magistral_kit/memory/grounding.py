@@ -143,11 +143,18 @@ def check(item: str, user_text: str) -> Verdict:
     return Verdict(grounded, share, missing_names, missing, other, too_short, prompt, loop)
 
 
+def _expand(text: str) -> str:
+    """English contractions written out, so that "I'm at a museum" and "I am at a museum" are the same words."""
+    for short, full in (("'m", " am"), ("'re", " are"), ("'ve", " have"), ("'ll", " will"), ("n't", " not")):
+        text = text.replace(short, full).replace(short.replace("'", "’"), full)
+    return text
+
+
 def _loop(item: str, user_text: str) -> str | None:
     """A clause written LOOP_REPEATS times or more ("I am a bird, I am a bird, …") that the user did not write
     word for word: the small extractor's degenerate loop, whose words may all be the user's."""
-    clauses = [" ".join(words(c)) for c in re.split(r"[.,;:!?]+", item)]
-    said = " ".join(words(user_text))
+    clauses = [" ".join(words(_expand(c))) for c in re.split(r"[.,;:!?]+", item)]
+    said = " ".join(words(_expand(user_text)))
     for c in set(clauses):
         if c and clauses.count(c) >= LOOP_REPEATS and c not in said:
             return c
