@@ -3,7 +3,10 @@
 An item is grounded when what it names comes from what the user said: every name and number in it appears
 in the user's message, and most of its content words do too (after light normalisation: case, plurals and
 verb endings, "the user" for "I"). Anything else — words from the assistant's reply, the extraction
-prompt, or nowhere — means the extractor made it up, and the item is rejected.
+prompt, or nowhere — means the extractor made it up, and the item is rejected. So are items that state
+nothing (a bare word, or cut mid-claim before any whole sentence), items using the extraction prompt's
+own words ("memory", "summary", "fact") the user did not use, and a clause written in a loop that is not the
+user's own. It checks words, not meaning: a changed relation or negation made of the user's words passes.
 
 The rule and its thresholds were written on one half of `tests/data/grounding_labels.jsonl` (real outputs
 of the embedded extractor, labelled by hand); `bench/grounding_eval.py` reports precision and recall on
