@@ -3,7 +3,10 @@
 An item is grounded when what it names comes from what the user said: every name and number in it appears
 in the user's message, and most of its content words do too (after light normalisation: case, plurals and
 verb endings, "the user" for "I"). Anything else — words from the assistant's reply, the extraction
-prompt, or nowhere — means the extractor made it up, and the item is rejected.
+prompt, or nowhere — means the extractor made it up, and the item is rejected. So are items that state
+nothing (a bare word, or cut mid-claim before any whole sentence), items using the extraction prompt's
+own words ("memory", "summary", "fact") the user did not use, and a clause written in a loop that is not the
+user's own. It checks words, not meaning: a changed relation or negation made of the user's words passes.
 
 The rule and its thresholds were written on one half of `tests/data/grounding_labels.jsonl` (real outputs
 of the embedded extractor, labelled by hand); `bench/grounding_eval.py` reports precision and recall on
@@ -16,6 +19,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 MIN_CONTENT_SHARE = 0.85  # of the item's content words, the share that must occur in the user's message
+LOOP_REPEATS = 2  # a clause written twice or more is a generation loop
 MIN_WORDS = 3  # fewer words state no fact ("19", "Lisbon")
 
 # Words that carry no fact of their own, plus the words the extraction rewrites "I" into.
@@ -32,6 +36,12 @@ der die das den dem des ein eine einen einem und oder mit von zu im am ist sind 
 il lo gli uno di da con per e utente o os um uma do da dos das no na com seu sua meu minha
 """.split())
 
+# The extraction prompt's own vocabulary: in an item, but not in the user's message, it was copied from the
+# prompt ("The user's memory is a long-term memory.", "This is a fact.", "The summary is").
+PROMPT_WORDS = frozenset("""
+memory memories summary fact facts message messages sentence json key tags value long-term longterm
+usermemory longtermmemory extract
+""".split())
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)?", re.U)
 # people the user talks about: "my sister Ana …" is not a fact about the user
 RELATIONS = frozenset("""
@@ -53,6 +63,8 @@ class Verdict:
     missing_words: list[str] = field(default_factory=list)
     other_person: str | None = None  # the message is about this person, the item about the user
     too_short: bool = False
+    prompt_words: list[str] = field(default_factory=list)  # the extraction prompt's words the user did not use
+    loop: str | None = None  # a clause the extractor repeated in a loop, not the user's own words
 
     @property
     def reason(self) -> str:
@@ -63,6 +75,10 @@ class Verdict:
             parts.append("states no fact (a word or number alone, or cut mid-claim)")
         if self.other_person:
             parts.append(f"says of the user what the message says of the user's {self.other_person}")
+        if self.loop:
+            parts.append(f"a generation loop ('{self.loop}' repeated), not the user's words")
+        if self.prompt_words:
+            parts.append("words of the extraction prompt, not the user's: " + ", ".join(self.prompt_words[:6]))
         if self.missing_names:
             parts.append("names/numbers the user did not say: " + ", ".join(self.missing_names[:6]))
         if self.missing_words:
@@ -119,9 +135,33 @@ def check(item: str, user_text: str) -> Verdict:
         _fold(t) for t in raw_tokens if _is_name(t, False)])
     other = _other_person(item, raw_tokens, source_words, user_text)
     cut = bool(raw_tokens) and _fold(raw_tokens[-1]) in _DANGLING and not item.rstrip().endswith(("?", "!"))
+    cut = cut or item.rstrip().endswith(("...", "…"))  # the extractor's own mark of a cut
+    # cut after whole sentences (the 120-character value cap): the whole sentences still state their claim
+    cut = cut and not re.search(r"\w[.!?]\s+\S", item)
     too_short = too_short or cut
-    grounded = not too_short and not missing_names and share >= MIN_CONTENT_SHARE and other is None
-    return Verdict(grounded, share, missing_names, missing, other, too_short)
+    prompt = sorted({w for w in words(item.replace("-", "")) if w in PROMPT_WORDS} - set(words(user_text.replace("-", ""))))
+    loop = _loop(item, user_text)
+    grounded = (not too_short and not missing_names and share >= MIN_CONTENT_SHARE and other is None
+                and not prompt and loop is None)
+    return Verdict(grounded, share, missing_names, missing, other, too_short, prompt, loop)
+
+
+def _expand(text: str) -> str:
+    """English contractions written out, so that "I'm at a museum" and "I am at a museum" are the same words."""
+    for short, full in (("'m", " am"), ("'re", " are"), ("'ve", " have"), ("'ll", " will"), ("n't", " not")):
+        text = text.replace(short, full).replace(short.replace("'", "’"), full)
+    return text
+
+
+def _loop(item: str, user_text: str) -> str | None:
+    """A clause written LOOP_REPEATS times or more ("I am a bird, I am a bird, …") that the user did not write
+    word for word: the small extractor's degenerate loop, whose words may all be the user's."""
+    clauses = [" ".join(words(_expand(c))) for c in re.split(r"[.,;:!?]+", item)]
+    said = " ".join(words(_expand(user_text)))
+    for c in set(clauses):
+        if c and clauses.count(c) >= LOOP_REPEATS and c not in said:
+            return c
+    return None
 
 
 # a statement ending on one of these was cut mid-claim ("The support group has made me")
