@@ -45,6 +45,7 @@ TABLES: dict[str, tuple[str, str, str]] = {
     "soak": ("bench/soak.py", "markdown_table", "soak_200.json"),
     "soak_new": ("bench/soak.py", "markdown_table", "soak_4.json"),
     "answer_use": ("bench/answer_use.py", "markdown_table", "answer_use.json"),
+    "extraction_cost": ("bench/extraction_cost.py", "markdown_table", "extraction_cost.json"),
     "locomo": ("bench/locomo_recall.py", "markdown_table", "locomo_raw.json"),
     "locomo_ablation": ("bench/locomo_recall.py", "ablation_table", "locomo_ablation.json"),
     "memory_scale": ("bench/memory_scale.py", "markdown_table", "memory_scale.json"),
