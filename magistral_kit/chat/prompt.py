@@ -76,7 +76,10 @@ def system_prompt_with_memories(base: str | None, memories: Sequence[Any]) -> st
 
 
 # --- where the memories sit (bench/answer_use.py measures the choices) -----------------------------------
-USER_MEMORY_HEADER = "Things I told you before:"
+USER_MEMORY_HEADER = "Notes of what I told you before:"
+# asking for a brief answer from the notes: on the embedded model it answered from memory more often than a
+# bare "Now: <message>" (bench/answer_use.py; README's answer-use table)
+USER_MEMORY_ASK = "Using these notes, answer briefly:"
 
 
 def memory_placement(config: KitConfig, lm: Any) -> str:
@@ -95,7 +98,7 @@ def user_message_with_memories(user_text: str, memories: Sequence[Any]) -> str:
     if not memories:
         return user_text
     lines = "\n".join(f"- {_said(m)}" for m in memories)
-    return f"{USER_MEMORY_HEADER}\n{lines}\n\nNow: {user_text}"
+    return f"{USER_MEMORY_HEADER}\n{lines}\n\n{USER_MEMORY_ASK} {user_text}"
 
 
 def _said(memory: Any) -> str:
