@@ -43,7 +43,7 @@ DOCUMENTS = (REPO / "README.md", REPO / "bench" / "GPU.md")
 TABLES: dict[str, tuple[str, str, str]] = {
     "memory_cost": ("bench/memory_cost.py", "markdown_table", "memory_cost.json"),
     "soak": ("bench/soak.py", "markdown_table", "soak_200.json"),
-    "soak_new": ("bench/soak.py", "markdown_table", "soak_4.json"),
+    "soak_new": ("bench/soak.py", "markdown_table", "soak_faithful_200.json"),
     "answer_use": ("bench/answer_use.py", "markdown_table", "answer_use.json"),
     "extraction_cost": ("bench/extraction_cost.py", "markdown_table", "extraction_cost.json"),
     "locomo": ("bench/locomo_recall.py", "markdown_table", "locomo_raw.json"),

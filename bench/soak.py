@@ -1,6 +1,6 @@
 """Soak: a long conversation with memory on, then a NEW process reopens the cube and finds every memory.
 
-    python bench/soak.py --turns 200 --out bench/results/soak_200.json
+    python bench/soak.py --turns 200 --out bench/results/soak_faithful_200.json
 
 Runs on the embedded default model (CPU) unless --model is given. Records per-turn timings (per step and
 their medians), the memory count, RSS after every turn (growth = last - first), every problem a turn
@@ -211,9 +211,12 @@ def markdown_table(result: dict) -> str:
         f"| extraction paths | {paths} |",
     ]
     if "user_messages_lost" in result:  # the faithful-memory flow records these; the earlier soak did not
-        rows += [f"| user messages lost | {result['user_messages_lost']} of {result['user_messages']} |",
+        kinds = ", ".join(f"{k} {v}" for k, v in result.get("message_kinds", {}).items())
+        rows += [f"| user messages lost | {result['user_messages_lost']} of {result['user_messages']} "
+                 f"(stored as {kinds}) |",
                  f"| extracted items kept / rejected as ungrounded | {result['extracted_kept']} / "
-                 f"{result['extracted_rejected_ungrounded']} |"]
+                 f"{result['extracted_rejected_ungrounded']} |",
+                 f"| older memories archived by a restatement | {result.get('superseded', 0)} |"]
         steps = ", ".join(f"{k} {v:.2f} s" for k, v in result.get("step_seconds_median", {}).items())
         if steps:
             rows.append(f"| per-step time of a turn, medians | {steps} |")
