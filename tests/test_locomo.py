@@ -215,6 +215,21 @@ def test_lexical_index_add_remove_scores():
     assert set(idx.scores("pottery")) == set()
 
 
+def test_lexical_match_leaves_out_words_held_by_too_many_memories(monkeypatch):
+    idx = LexicalIndex()
+    idx.add_many([(f"m{i}", f"note {i} about the garden") for i in range(40)] + [("rare", "garden gnome Rufus")])
+    assert set(idx.scores("garden Rufus")) == {f"m{i}" for i in range(40)} | {"rare"}  # small cube: every word
+    monkeypatch.setattr(LexicalIndex, "COMMON_MIN", 10)
+    monkeypatch.setattr(LexicalIndex, "COMMON_SHARE", 0.5)  # 'garden' (41 of 41) is over the share
+    assert set(idx.scores("garden Rufus")) == {"rare"}
+    monkeypatch.setattr(LexicalIndex, "COMMON_SHARE", 1.0)
+    monkeypatch.setattr(LexicalIndex, "COMMON_MAX", 20)  # ... and over the absolute bound of a huge cube
+    assert set(idx.scores("garden Rufus")) == {"rare"}
+    monkeypatch.setattr(LexicalIndex, "COMMON_MAX", 100)
+    assert len(idx.scores("garden Rufus")) == 41
+    assert set(idx.scores("garden Rufus", ids=["m3", "rare", "nope"])) == {"m3", "rare"}  # only those asked
+
+
 def test_fusion_and_rerank_bring_in_lexical_only_matches():
     dense = {"x": 0.6, "y": 0.5}
     assert fuse(dense, {"y": 4.0}, 0.5, "linear") == {"x": 0.6, "y": 1.0}

@@ -168,9 +168,11 @@ class LexicalIndex:
 
     # A word held by more than this share of the memories (and more than COMMON_MIN of them) is left out of
     # the match: its idf is below log(1 + 1/share) ≈ 3.5, and scoring it means a pass over that share of the
-    # cube on every search (bench/memory_scale.py: FTS5 scores every document that holds a query word to rank the best few).
+    # cube on every search (bench/memory_scale.py: FTS5 scores every document that holds a query word to rank
+    # the best few). COMMON_MAX bounds that pass in a very large cube, whatever the share.
     COMMON_SHARE = 0.03
     COMMON_MIN = 2000
+    COMMON_MAX = 10_000
 
     def _match(self, query: str) -> str | None:
         terms = query_terms(query)
@@ -180,7 +182,7 @@ class LexicalIndex:
         if n > self.COMMON_MIN:
             stems = {t: self.conn.execute(f"SELECT doc FROM {self.fts}_vocab WHERE term=?",
                                           (_porter(t),)).fetchone() for t in terms}
-            cap = max(self.COMMON_MIN, self.COMMON_SHARE * n)
+            cap = min(self.COMMON_MAX, max(self.COMMON_MIN, self.COMMON_SHARE * n))
             kept = [t for t in terms if stems[t] is None or stems[t][0] <= cap]
             terms = kept
         return " OR ".join(f'"{t}"' for t in terms) if terms else None
