@@ -239,3 +239,31 @@ def test_first_run_conversion_shows_one_progress_bar_and_no_warning(tmp_path, ca
     err = capfd.readouterr().err
     assert "converting" in err and (tmp_path / "smollm2" / "CONVERTED.json").exists()
     assert "de-quantizing" not in err and "legacy" not in err, err[-1500:]
+
+
+def test_two_first_runs_at_once_convert_the_embedded_model_once(tmp_path, monkeypatch):
+    """Two kernels started together on a fresh clone: one converts, the other waits for it and reuses it."""
+    import threading
+    import time as _time
+
+    from magistral_kit.model import loading
+
+    calls: list[str] = []
+
+    def slow_convert(gguf, folder, progress):
+        calls.append(threading.current_thread().name)
+        _time.sleep(0.5)
+        folder.mkdir(parents=True)
+        (folder / "CONVERTED.json").write_text("{}")
+
+    monkeypatch.setenv("MAGISTRAL_KIT_DATA", str(tmp_path))
+    monkeypatch.setattr(loading, "_convert_gguf", slow_convert)
+    found: list[Path] = []
+    threads = [threading.Thread(target=lambda: found.append(loading.embedded_folder(False)), name=f"k{i}")
+               for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(calls) == 1 and len(found) == 2 and found[0] == found[1]
+    assert (found[0] / "CONVERTED.json").exists()

