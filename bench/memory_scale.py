@@ -257,7 +257,7 @@ def markdown_table(result: dict) -> str:
                     f"{c['p50_ms']:.1f} / {c['p95_ms']:.1f} ms | {xd} / {xc} ms | {hnsw} | "
                     f"{r['peak_rss_mib'] / 1024:.2f} GiB | {r['disk_mib']:,.0f} MiB |")
     notes = ("\n\nSearch times include embedding the query unless said; the machine's load average during each "
-             "run is in the JSON (other jobs shared the 2 cores). ¹ 100k really embedded texts + derived vectors "
+             "run is in the JSON. ¹ 100k really embedded texts + derived vectors "
              "(normalize(v_a + 0.35 v_b)); see bench/scale_corpus.py.")
     if rate:
         notes += f" With embedding: the embedder ran at {rate:.0f} texts/s on this machine (all-MiniLM-L6-v2, CPU)."
