@@ -63,6 +63,11 @@ def grounding_heldout() -> dict | None:
     return {k: res[k] for k in ("items", "precision", "recall", "ungrounded_caught")}
 
 
+def _extraction_totals(rows: list[dict]) -> dict[str, int]:
+    return {"extracted_kept": sum(r["extracted_kept"] for r in rows),
+            "extracted_rejected_ungrounded": sum(r["extracted_rejected"] for r in rows)}
+
+
 def _step_medians(rows: list[dict]) -> dict[str, float]:
     steps = sorted({k for r in rows for k in r if k.startswith("s_")})
     return {k[2:]: statistics.median([r[k] for r in rows if k in r]) for k in steps}
@@ -143,8 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "extraction_paths": {p: sum(r["extraction"] == p for r in rows)
                              for p in ("json", "empty", "invalid", "error", "skipped")},
         "extraction_paths_before": before,
-        "extracted_kept": sum(r["extracted_kept"] for r in rows),
-        "extracted_rejected_ungrounded": sum(r["extracted_rejected"] for r in rows),
+        **_extraction_totals(rows),
         "superseded": sum(r["superseded"] for r in rows),
         "grounding_rule_heldout": grounding_heldout(),
         "step_seconds_median": _step_medians(rows),
@@ -180,9 +184,7 @@ def rescore(path: Path) -> int:
         changed += kept != row["kept"]
         row["kept"], row["rejected"] = kept, [t for t, ok in zip(items, verdicts) if not ok]
         row["extracted_kept"], row["extracted_rejected"] = len(row["kept"]), len(row["rejected"])
-    rows = result["per_turn"]
-    result["extracted_kept"] = sum(r["extracted_kept"] for r in rows)
-    result["extracted_rejected_ungrounded"] = sum(r["extracted_rejected"] for r in rows)
+    result.update(_extraction_totals(result["per_turn"]))
     result["grounding_rule_heldout"] = grounding_heldout()
     commit = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "rev-parse", "--short",
                              "HEAD"], capture_output=True, text=True).stdout.strip()

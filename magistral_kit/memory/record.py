@@ -167,14 +167,13 @@ class Record:
             return self._row(t) if t else None
 
     def get_many(self, ids: Sequence[str]) -> dict[str, Row]:
-        out: dict[str, Row] = {}
+        return {t[0]: self._row(t) for t in self._select_ids(self._COLS, ids)}
+
+    def _select_ids(self, cols: str, ids: Sequence[str]) -> list[tuple]:
+        """`cols` of the memories with these ids (any order; unknown ids are absent), 500 ids per query."""
         with self._lock:
-            for s in range(0, len(ids), 500):
-                part = list(ids[s:s + 500])
-                for t in self.conn.execute(f"SELECT {self._COLS} FROM memories WHERE id IN "
-                                           f"({','.join('?' * len(part))})", part):
-                    out[t[0]] = self._row(t)
-        return out
+            return [t for part in iter_chunks(ids, 500) for t in self.conn.execute(
+                f"SELECT {cols} FROM memories WHERE id IN ({','.join('?' * len(part))})", part)]
 
     def rows(self) -> Iterator[Row]:
         """Every memory, oldest first (by created, then insertion)."""
@@ -189,13 +188,7 @@ class Record:
 
     def kinds_statuses(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
         """{id: (kind, status)} of these ids (no texts, payloads or vectors: the search's filter)."""
-        out: dict[str, tuple[str, str]] = {}
-        with self._lock:
-            for s in range(0, len(ids), 500):
-                part = list(ids[s:s + 500])
-                out.update((i, (k, st)) for i, k, st in self.conn.execute(
-                    f"SELECT id, kind, status FROM memories WHERE id IN ({','.join('?' * len(part))})", part))
-        return out
+        return {i: (k, st) for i, k, st in self._select_ids("id, kind, status", ids)}
 
     def ids_kinds(self) -> list[tuple[str, str, str, int]]:
         """(id, kind, status, seq) of every memory, without texts or vectors (cheap)."""
