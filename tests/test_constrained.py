@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from magistral_kit.memory.extraction import extraction_messages, schema
+from magistral_kit.memory.extraction import extraction_messages, schema, schema_for
 from magistral_kit.model.constrained import BACKENDS, generate_json, generate_json_batch
 
 SMALL = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 6},
@@ -59,3 +59,21 @@ def test_batch_rows_finish_independently(tiny_config):
     for out in outs:
         assert out.stopped == "eos"
         check_small(out.text)
+
+
+def test_the_chats_extractor_on_the_tekken_model_uses_the_schema_for_the_message(tiny_config, tmp_path):
+    """Chat.extractor_llm on a Magistral-format (tekken) model: the per-message schema (one item for a
+    one-sentence statement) is what constrains the output, and its token count comes back with the text."""
+    from magistral_kit.chat.session import open_chat
+    from magistral_kit.memory.extraction import parse_output
+
+    message = "My sister Ana lives in Lisbon."
+    assert schema_for(message)["properties"]["memory list"]["maxItems"] == 1
+    chat = open_chat(tiny_config.replace(cube_dir=str(tmp_path / "cube")), progress=False)
+    out = chat.extractor_llm(extraction_messages(message), 400, user_text=message)
+    chat.close()
+    assert out.tokens_out >= 1 and isinstance(out.text, str)
+    if out.stopped == "eos":  # random weights, but the schema closes the object: at most one item
+        assert len(json.loads(out.text)["memory list"]) <= 1
+    else:
+        assert parse_output(out.text, message).path == "invalid"
