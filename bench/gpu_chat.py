@@ -283,7 +283,10 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
             for sp in splits:
                 if sp > 1 and k // sp < 1024:
                     continue
-                mine = nk.nf4_linear(x, [ws[name][0]], code, split=sp, block_rows=br, warps=w).float()
+                lane = nk._whole_steps(k, sp)  # the decode step hands such launches x in lane order
+                wt = ws[name][0]
+                mine = nk.nf4_gemv_launch(nk.lane_order(x) if lane else x, [wt.words], [wt.absmax], [wt.absmax2],
+                                          [wt.offset], code, wt.code2, [n], k, sp, br, w, lane).sum(0).float()
                 errs.append(float((mine - ref).abs().max()) / scale)
         row: dict[str, Any] = {"n": n, "k": k, "mbytes": round(nf4_bytes(n, k) / 1e6, 2),
                                "err_ours": round(max(errs), 5),
@@ -297,12 +300,14 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
         x2 = x.view(1, -1)
         row["bnb_us"] = round(graph_us([
             (lambda q=lins[name][i].weight: bnb.matmul_4bit(x2, q.t(), quant_state=q.quant_state)) for i in idx]), 2)
+        xl = nk.lane_order(x) if k % nk.STEP == 0 else x
         for v in variants:
             br, w, sp = pick(v)
+            lane = nk._whole_steps(k, sp)
             variants[v] = round(graph_us([
-                (lambda wt=ws[name][i], br=br, w=w, sp=sp: nk.nf4_gemv_launch(
-                    x, [wt.words], [wt.absmax], [wt.absmax2], [wt.offset], code, wt.code2, [n], k, sp, br, w))
-                for i in idx]), 2)
+                (lambda wt=ws[name][i], br=br, w=w, sp=sp, lane=lane: nk.nf4_gemv_launch(
+                    xl if lane else x, [wt.words], [wt.absmax], [wt.absmax2], [wt.offset], code, wt.code2, [n], k,
+                    sp, br, w, lane)) for i in idx]), 2)
         best = min(variants, key=variants.get)
         row.update(ours=variants, best=best, ours_us=variants[best])
         gb = nf4_bytes(n, k) / 1e3
@@ -310,64 +315,52 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
         out["shapes"][name] = row
         log("kernel_" + name, {kk: v for kk, v in row.items() if kk != "ours"})
 
-    # what the NF4 table lookup costs: the same launches with the nibble itself as the weight (wrong values)
-    abl: dict[str, Any] = {}
-    for name in ("gate", "down"):
+    # x in natural order vs lane order (what the decode step uses), same launch: the gain of the lane order
+    order: dict[str, Any] = {}
+    for name in ("gate", "down", "q", "o"):
         if name not in out["shapes"]:
             continue
         n, k = LINEAR_SHAPES[name]
         br, w, sp = pick(out["shapes"][name]["best"])
-        xa = (torch.randn(k, device=DEV, generator=g) * 0.5).to(torch.bfloat16)
-        no_lut = round(graph_us([
-            (lambda wt=ws[name][i], br=br, w=w, sp=sp: nk.nf4_gemv_launch(
-                xa, [wt.words], [wt.absmax], [wt.absmax2], [wt.offset], code, wt.code2, [n], k, sp, br, w,
-                lookup=False)) for i in rot(name, 64)]), 2)
-        abl[name] = {"launch": out["shapes"][name]["best"], "with_lookup_us": out["shapes"][name]["ours_us"],
-                     "without_lookup_us": no_lut, "without_lookup_gbs": round(nf4_bytes(n, k) / 1e3 / no_lut, 1)}
-    out["lookup_ablation"] = abl
-    log("kernel_lookup_ablation", abl)
-
-    # loading the next step's weights before decoding the current ones (off in the decode step unless it wins)
-    pf: dict[str, Any] = {}
-    for name in ("gate", "down"):
-        if name not in out["shapes"] or quick:
+        if not nk._whole_steps(k, sp):
             continue
-        n, k = LINEAR_SHAPES[name]
         xa = (torch.randn(k, device=DEV, generator=g) * 0.5).to(torch.bfloat16)
-        pf[name] = {}
-        for v in out["shapes"][name]["ours"]:
-            br, w, sp = pick(v)
-            if br < 4 or (k // sp) < 2048:  # a step ahead needs at least two steps per program
-                continue
-            pf[name][v] = {"off": out["shapes"][name]["ours"][v], "on": round(graph_us([
-                (lambda wt=ws[name][i], br=br, w=w, sp=sp: nk.nf4_gemv_launch(
-                    xa, [wt.words], [wt.absmax], [wt.absmax2], [wt.offset], code, wt.code2, [n], k, sp, br, w,
-                    prefetch=True)) for i in rot(name, 64)]), 2)}
-    out["prefetch"] = pf
-    log("kernel_prefetch", pf)
+        order[name] = {"launch": out["shapes"][name]["best"], "lane_us": out["shapes"][name]["ours_us"],
+                       "natural_us": round(graph_us([
+                           (lambda wt=ws[name][i], br=br, w=w, sp=sp: nk.nf4_gemv_launch(
+                               xa, [wt.words], [wt.absmax], [wt.absmax2], [wt.offset], code, wt.code2, [n], k, sp, br,
+                               w)) for i in rot(name, 64)]), 2)}
+    out["x_order"] = order
+    log("kernel_x_order", order)
 
     # q|k|v in one launch, gate|up with the silu epilogue
     (nq_, hid), nk_ = LINEAR_SHAPES["q"], LINEAR_SHAPES["k"][0]
     inter = LINEAR_SHAPES["gate"][0]
     x5 = (torch.randn(hid, device=DEV, generator=g) * 0.5).to(torch.bfloat16)
+    x5l = nk.lane_order(x5)
     nq = len(lins["q"])
     qkv = {}
     for br, w in shapes_bw:
         for sp in splits[:3]:
             qkv[key(br, w, sp)] = round(graph_us([
-                (lambda i=i, br=br, w=w, sp=sp: nk.nf4_gemv_launch(
-                    x5, *nk._flat([ws["q"][i % nq], ws["k"][i % len(ws["k"])], ws["v"][i % len(ws["v"])]]),
-                    code, ws["q"][0].code2, [nq_, nk_, nk_], hid, sp, br, w)) for i in range(max(48, nq))]), 2)
+                (lambda i=i, br=br, w=w, sp=sp, lane=nk._whole_steps(hid, sp): nk.nf4_gemv_launch(
+                    x5l if lane else x5, *nk._flat([ws["q"][i % nq], ws["k"][i % len(ws["k"])], ws["v"][i % len(ws["v"])]]),
+                    code, ws["q"][0].code2, [nq_, nk_, nk_], hid, sp, br, w, lane)) for i in range(max(48, nq))]), 2)
     gu = {}
     ng = len(lins["gate"])
     for br, w in shapes_bw:
-        for pf_ in ((False, True) if br >= 4 and not quick else (False,)):
-            gu[key(br, w) + ("_pf" if pf_ else "")] = round(graph_us([
-                (lambda i=i, br=br, w=w, pf_=pf_: nk.nf4_gate_up_launch(
-                    x5, *nk._flat([ws["gate"][i % ng], ws["up"][i % len(ws["up"])]]), code, ws["gate"][0].code2,
-                    inter, hid, br, w, prefetch=pf_)) for i in range(max(8, ng))]), 2)
+        gu[key(br, w)] = round(graph_us([
+            (lambda i=i, br=br, w=w: nk.nf4_gate_up_launch(
+                x5l, *nk._flat([ws["gate"][i % ng], ws["up"][i % len(ws["up"])]]), code, ws["gate"][0].code2,
+                inter, hid, br, w, True, True)) for i in range(max(8, ng))]), 2)
     out["qkv_fused"] = {"variants": qkv, "best": min(qkv, key=qkv.get), "us": min(qkv.values())}
     out["gate_up_fused"] = {"variants": gu, "best": min(gu, key=gu.get), "us": min(gu.values())}
+    gbr, gw, _ = pick(out["gate_up_fused"]["best"])
+    out["x_order"]["gate_up"] = {"launch": out["gate_up_fused"]["best"], "lane_us": out["gate_up_fused"]["us"],
+                                 "natural_us": round(graph_us([
+                                     (lambda i=i: nk.nf4_gate_up_launch(
+                                         x5, *nk._flat([ws["gate"][i % ng], ws["up"][i % len(ws["up"])]]), code,
+                                         ws["gate"][0].code2, inter, hid, gbr, gw)) for i in range(max(8, ng))]), 2)}
     log("kernel_qkv_fused", out["qkv_fused"])
     log("kernel_gate_up_fused", out["gate_up_fused"])
 
@@ -401,8 +394,6 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
     nk.NORM_WARPS = out["add_rmsnorm"]["warps_best"]
     log("kernel_add_rmsnorm", out["add_rmsnorm"])
 
-    gu_plain = min((v for v in gu if not v.endswith("_pf")), key=gu.get)  # the decode step runs without prefetch
-    gbr, gw, _ = pick(gu_plain + "_s1")
     splits_best = nk.DecodeSplits(qkv=pick(out["qkv_fused"]["best"], order=True),
                                   o=pick(o_pick, order=True), gate_up=(gbr, gw),
                                   down=pick(down_pick, order=True),
@@ -424,15 +415,18 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
                                                                           quant_state=q.quant_state))
         att = torch.full((LINEAR_SHAPES["o"][1],), 0.01, device=DEV, dtype=torch.bfloat16)
         act = torch.full((inter,), 0.01, device=DEV, dtype=torch.bfloat16)
+        lo = {"qkv": nk._whole_steps(hid, sb.qkv[1]), "o": nk._whole_steps(LINEAR_SHAPES["o"][1], sb.o[1]),
+              "down": nk._whole_steps(inter, sb.down[1])}  # as the decode step hands them (KitDecoder.lanes)
         seq_ours += [
-            lambda p=pw: nk.nf4_gemv_launch(x5, *nk._flat([p["q"], p["k"], p["v"]]), code, p["q"].code2,
-                                            [nq_, nk_, nk_], hid, sb.qkv[1], sb.qkv[0], sb.qkv[2]),
+            lambda p=pw: nk.nf4_gemv_launch(x5l if lo["qkv"] else x5, *nk._flat([p["q"], p["k"], p["v"]]), code,
+                                            p["q"].code2, [nq_, nk_, nk_], hid, sb.qkv[1], sb.qkv[0], sb.qkv[2],
+                                            lo["qkv"]),
             lambda p=pw: nk.nf4_gemv_launch(att, *nk._flat([p["o"]]), code, p["o"].code2, [hid], LINEAR_SHAPES["o"][1],
-                                            sb.o[1], sb.o[0], sb.o[2]),
-            lambda p=pw: nk.nf4_gate_up_launch(x5, *nk._flat([p["gate"], p["up"]]), code, p["gate"].code2, inter,
-                                               hid, sb.gate_up[0], sb.gate_up[1]),
+                                            sb.o[1], sb.o[0], sb.o[2], lo["o"]),
+            lambda p=pw: nk.nf4_gate_up_launch(x5l, *nk._flat([p["gate"], p["up"]]), code, p["gate"].code2, inter,
+                                               hid, sb.gate_up[0], sb.gate_up[1], True, lo["down"]),
             lambda p=pw: nk.nf4_gemv_launch(act, *nk._flat([p["down"]]), code, p["down"].code2, [hid], inter,
-                                            sb.down[1], sb.down[0], sb.down[2])]
+                                            sb.down[1], sb.down[0], sb.down[2], lo["down"])]
     bnb_layer = graph_us(seq_bnb) * 7
     ours_layer = graph_us(seq_ours) * 4
     layer_bytes = sum(nf4_bytes(n, k) for n, k in LINEAR_SHAPES.values())
@@ -472,22 +466,24 @@ torch.cuda.synchronize()
 t = {}
 def first(name, fn):
     a = time.perf_counter(); fn(); torch.cuda.synchronize(); t[name] = round(time.perf_counter() - a, 3)
+L = {name: nk._whole_steps(k_, sp[name][1]) for name, k_ in (("qkv", hid), ("o", nq), ("down", inter))}
 first("gemv q|k|v", lambda: nk.nf4_gemv_launch(x, *nk._flat([W["q"], W["k"], W["v"]]), code, W["q"].code2,
-      [64, 64, 64], hid, sp["qkv"][1], sp["qkv"][0], sp["qkv"][2]))
+      [64, 64, 64], hid, sp["qkv"][1], sp["qkv"][0], sp["qkv"][2], L["qkv"]))
 parts = torch.randn(sp["qkv"][1], (32 + 16) * hd, device=dev)
 first("rope + cache", lambda: nk.rope_cache_launch(parts, cos, sin, pos, kc, vc, 32, 8, hd))
 q = torch.randn(32 * hd, device=dev).to(torch.bfloat16)
-first("attention", lambda: nk.attn_decode_launch(q, kc, vc, pos, 32, hd ** -0.5))
+first("attention", lambda: nk.attn_decode_launch(q, kc, vc, pos, 32, hd ** -0.5, L["o"]))
 first("gemv o", lambda: nk.nf4_gemv_launch(q, *nk._flat([W["o"]]), code, W["o"].code2, [64], nq, sp["o"][1],
-      sp["o"][0], sp["o"][2]))
+      sp["o"][0], sp["o"][2], L["o"]))
 ln = torch.ones(hid, device=dev, dtype=torch.bfloat16)
 for s_ in sorted({sp["o"][1], sp["down"][1]}):
-    first(f"add + rmsnorm S={s_}", lambda s_=s_: nk.add_rmsnorm_launch(x, torch.randn(s_, hid, device=dev), ln, 1e-5))
+    first(f"add + rmsnorm S={s_}", lambda s_=s_: nk.add_rmsnorm_launch(x, torch.randn(s_, hid, device=dev), ln, 1e-5,
+                                                                     True))
 first("gate_up", lambda: nk.nf4_gate_up_launch(x, *nk._flat([W["gate"], W["up"]]), code, W["gate"].code2, 64, hid,
-      sp["gate_up"][0], sp["gate_up"][1]))
+      sp["gate_up"][0], sp["gate_up"][1], True, False))
 act = torch.randn(inter, device=dev).to(torch.bfloat16)
 first("gemv down", lambda: nk.nf4_gemv_launch(act, *nk._flat([W["down"]]), code, W["down"].code2, [64], inter,
-      sp["down"][1], sp["down"][0], sp["down"][2]))
+      sp["down"][1], sp["down"][0], sp["down"][2], L["down"]))
 print("COLD_JIT " + json.dumps(t))
 '''
 
@@ -637,34 +633,25 @@ def h200_table(result: dict) -> str:
 
 
 def probe_table(result: dict) -> str:
-    """GPU.md table: what bounds the kit's NF4 GEMV (lookup ablation, one-step-ahead loads) from a --kernels-only
-    results JSON."""
+    """GPU.md table: the GEMV with x in natural order vs lane order (the decode step's), same launch, from a
+    --kernels-only results JSON."""
     k = result.get("kernels", {})
-    sh, abl, pf = k.get("shapes", {}), k.get("lookup_ablation", {}), k.get("prefetch", {})
-    lines = ["| linear (out × in) | MB read | kit µs, fastest launch | GB/s | without the NF4 lookup (wrong values) "
-             "µs | GB/s | fastest with the next step's weights loaded ahead µs (launch) |",
+    sh, order = k.get("shapes", {}), k.get("x_order", {})
+    lines = ["| linear (out × in) | MB read | launch | x in natural order µs | GB/s | x in lane order µs | GB/s |",
              "|---|---|---|---|---|---|---|"]
-    for name in ("gate", "down"):
-        if name not in sh:
+    for name, r in order.items():
+        if name == "gate_up":
+            label, mb = "gate\\|up + silu·mul, one launch", 2 * sh["gate"]["mbytes"] if "gate" in sh else None
+        else:
+            label, mb = f"{name} {sh[name]['n']} × {sh[name]['k']}", sh[name]["mbytes"]
+        if mb is None:
             continue
-        r, a = sh[name], abl.get(name, {})
-        on = {v: x["on"] for v, x in pf.get(name, {}).items()}
-        best_on = min(on, key=on.get) if on else None
-        lines.append(f"| {name} {r['n']} × {r['k']} | {r['mbytes']} | **{r['ours_us']:.1f}** ({r['best']}) | "
-                     f"{r['ours_gbs']:.0f} | {_fmt(a.get('without_lookup_us'))} | {_fmt(a.get('without_lookup_gbs'), 0)} | "
-                     + (f"{on[best_on]:.1f} ({best_on}) |" if best_on else "– |"))
-    gu = k.get("gate_up_fused", {}).get("variants", {})
-    plain = {v: u for v, u in gu.items() if not v.endswith("_pf")}
-    ahead = {v: u for v, u in gu.items() if v.endswith("_pf")}
-    if plain and ahead and "gate" in sh:
-        bp, ba = min(plain, key=plain.get), min(ahead, key=ahead.get)
-        mb = 2 * sh["gate"]["mbytes"]
-        lines.append(f"| gate\\|up + silu·mul, one launch | {mb:.1f} | **{plain[bp]:.1f}** ({bp}) | "
-                     f"{mb * 1e3 / plain[bp]:.0f} | – | – | {ahead[ba]:.1f} ({ba}) |")
+        lines.append(f"| {label} | {mb:.2f} | {r['launch']} | {r['natural_us']:.1f} | {mb * 1e3 / r['natural_us']:.0f} | "
+                     f"**{r['lane_us']:.1f}** | {mb * 1e3 / r['lane_us']:.0f} |")
     lines += ["", f"{result.get('device', '?')}, triton {result.get('versions', {}).get('triton', '?')}, random "
               "weights of every Magistral linear shape quantized by bitsandbytes, CUDA graphs of calls rotating over "
-              "enough copies to defeat the L2 (`bench/gpu_chat.py --kernels-only`, "
-              "`results/nf4_kernel_probe_h200.json`)."]
+              "enough copies to defeat the L2, timed inside the kernel comparison of the run above "
+              "(`results/gpu_chat_h200.json`, key `kernels.x_order`)."]
     return "\n".join(lines) + "\n"
 
 

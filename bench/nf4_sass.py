@@ -1,8 +1,8 @@
 """What the kit's NF4 GEMV asks of an H100/H200 SM: machine instructions per weight, read from the compiled code.
 
-Why: on the H200 the GEMV moves its bytes at about half of what the bf16 lm_head reaches, and neither removing
-the table lookup nor loading a step ahead changes that (bench/results/nf4_kernel_probe_h200.json). This script
-counts what each weight costs in the inner loop instead of guessing: it compiles the kernel exactly as the
+Why: on the H200 the GEMV moves its bytes at about half of what the bf16 lm_head reaches; the hardware counters
+(bench/nf4_ncu.py) show which unit is busy, and this script counts what each weight costs in the inner loop: it
+compiles the kernel exactly as the
 decode step launches it (Triton's own ptxas for sm_90, on this CPU machine, no GPU needed), disassembles it with
 Triton's bundled nvdisasm, and counts the instructions of the K loop. Turning the count into time needs the SM
 clock and issue rate (one warp instruction per cycle per scheduler, four schedulers per SM), which the table
@@ -39,7 +39,7 @@ def _bin(name: str) -> str:
 
 def compile_gemv(block_rows: int, gate_up: bool = False) -> Any:
     """The GEMV (or the fused gate|up kernel) compiled for sm_90 with the runtime's specialisation of the decode
-    launch: pointers and sizes divisible by 16, whole steps and tiles (EVEN), one warp."""
+    launch: pointers and sizes divisible by 16, whole steps and tiles (EVEN), x in lane order, one warp."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -51,16 +51,16 @@ def compile_gemv(block_rows: int, gate_up: bool = False) -> Any:
         sig = {"x_ptr": "*bf16", "out_ptr": "*bf16", "code_ptr": "*fp32", "code2_ptr": "*fp32",
                "wg": "*i32", "ag": "*u8", "sg": "*fp32", "og": "*fp32", "wu": "*i32", "au": "*u8", "su": "*fp32",
                "ou": "*fp32", "N": "i32", "K": "i32", "BR": "constexpr", "W": "constexpr", "EVEN": "constexpr",
-               "PF": "constexpr"}
-        const = {"BR": block_rows, "W": 1, "EVEN": True, "PF": False}
+               "XL": "constexpr", "OL": "constexpr"}
+        const = {"BR": block_rows, "W": 1, "EVEN": True, "XL": True, "OL": True}
         div16 = [n for n, t in sig.items() if t.startswith("*")] + ["N", "K"]
     else:
         fn = nk._nf4_gemv_kernel
         seg = lambda i: {f"w{i}": "*i32", f"a{i}": "*u8", f"s{i}": "*fp32", f"o{i}": "*fp32", f"n{i}": "i32"}  # noqa: E731
         sig = {"x_ptr": "*bf16", "out_ptr": "*fp32", "code_ptr": "*fp32", "code2_ptr": "*fp32",
                **seg(0), **seg(1), **seg(2), "K": "i32", "K_SPLIT": "i32", "N_TOTAL": "i32", "BR": "constexpr",
-               "NSEG": "constexpr", "W": "constexpr", "EVEN": "constexpr", "LOOKUP": "constexpr", "PF": "constexpr"}
-        const = {"BR": block_rows, "NSEG": 1, "W": 1, "EVEN": True, "LOOKUP": True, "PF": False}
+               "NSEG": "constexpr", "W": "constexpr", "EVEN": "constexpr", "XL": "constexpr"}
+        const = {"BR": block_rows, "NSEG": 1, "W": 1, "EVEN": True, "XL": True}
         div16 = [n for n, t in sig.items() if t.startswith("*")] + ["n0", "n1", "n2", "K", "K_SPLIT", "N_TOTAL"]
     names = list(sig)
     src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in const.items()},

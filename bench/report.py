@@ -50,7 +50,7 @@ TABLES: dict[str, tuple[str, str, str]] = {
     "locomo_ablation": ("bench/locomo_recall.py", "ablation_table", "locomo_ablation.json"),
     "memory_scale": ("bench/memory_scale.py", "markdown_table", "memory_scale.json"),
     "gpu_h200": ("bench/gpu_chat.py", "h200_table", "gpu_chat_h200.json"),
-    "gpu_h200_probe": ("bench/gpu_chat.py", "probe_table", "nf4_kernel_probe_h200.json"),
+    "gpu_h200_probe": ("bench/gpu_chat.py", "probe_table", "gpu_chat_h200.json"),
     "nf4_sass": ("bench/nf4_sass.py", "markdown_table", "nf4_sass.json"),
     "gpu_summary": ("bench/gpu_chat.py", "markdown_table", "gpu_chat_h100.json"),
     # GPU.md's H100 sections: gpu_<part> is gpu_chat.py's <part>_table over the same run

@@ -86,19 +86,50 @@ def test_gemv_matches_bitsandbytes_dequantize(n: int, k: int, split: int, block_
     assert err < 5e-3, err
 
 
-def test_loading_a_step_ahead_changes_nothing() -> None:
-    """``prefetch`` only moves the next step's weight loads earlier: the sums are bit-identical."""
-    lin = _Lin(16, 3072, seed=7)
+def test_x_in_lane_order_gives_the_same_sums() -> None:
+    """The decode step's producers store x in lane order so the GEMV reads it in whole-warp runs: the same
+    products in the same order, so the sums are bit-identical to the natural-order launch."""
+    k = 3072
+    lin = _Lin(20, k, seed=7)  # 20 rows: the last program of 8 rows is partly masked
     w, why = nk.nf4_weight(lin)
     assert w is not None, why
-    x = torch.randn(3072, generator=torch.Generator().manual_seed(7)).to(torch.bfloat16).to(DEVICE)
+    x = torch.randn(k, generator=torch.Generator().manual_seed(7)).to(torch.bfloat16).to(DEVICE)
+    xl = nk.lane_order(x)
+    assert not torch.equal(xl, x) and torch.equal(xl.sort().values, x.sort().values)  # a true permutation
     code = nk._code_table(x.device)
-    args = (x, [w.words], [w.absmax], [w.absmax2], [w.offset], code, w.code2, [16], 3072)
-    for split in (1, 2):
-        plain = nk.nf4_gemv_launch(*args, split, 8, 1)
-        assert torch.equal(nk.nf4_gemv_launch(*args, split, 8, 1, prefetch=True), plain)
-    two = (x, *nk._flat([w, w]), code, w.code2, 16, 3072, 8, 1)
-    assert torch.equal(nk.nf4_gate_up_launch(*two, prefetch=True), nk.nf4_gate_up_launch(*two))
+    args = [w.words], [w.absmax], [w.absmax2], [w.offset], code, w.code2, [20], k
+    for split in (1, 3):
+        natural = nk.nf4_gemv_launch(x, *args, split, 8, 1)
+        assert torch.equal(nk.nf4_gemv_launch(xl, *args, split, 8, 1, lane_x=True), natural)
+    with pytest.raises(ValueError, match="whole 1024"):
+        nk.nf4_gemv_launch(xl, *args, 4, 8, 1, lane_x=True)  # 4 splits of 3072: 768 elements, not whole steps
+    wn = nk.nf4_weight(_Lin(1024, 1024, seed=8))[0]  # gate|up: 1024 outputs, so the output can be permuted too
+    two = (*nk._flat([wn, wn]), code, wn.code2, 1024, 1024, 8, 1)
+    x, xl = x[:1024], nk.lane_order(x[:1024])
+    natural = nk.nf4_gate_up_launch(x, *two)
+    assert torch.equal(nk.nf4_gate_up_launch(xl, *two, lane_x=True), natural)
+    assert torch.equal(nk.nf4_gate_up_launch(x, *two, lane_out=True), nk.lane_order(natural))
+
+
+def test_producers_store_lane_order() -> None:
+    """add + RMSNorm and attention write the same values, permuted into lane order, when asked."""
+    g = torch.Generator().manual_seed(4)
+    h = 2048
+    res = torch.randn(h, generator=g).to(torch.bfloat16).to(DEVICE)
+    parts = torch.randn(2, h, generator=g).to(DEVICE)
+    ln = torch.rand(h, generator=g).to(torch.bfloat16).to(DEVICE)
+    x, r = nk.add_rmsnorm_launch(res, parts, ln, 1e-5)
+    xl, rl = nk.add_rmsnorm_launch(res, parts, ln, 1e-5, lane_out=True)
+    assert torch.equal(xl, nk.lane_order(x)) and torch.equal(rl, r)  # the residual stays in natural order
+    n_heads, n_kv, d, length = 8, 2, 128, 128
+    kc = torch.randn(1, n_kv, length, d, generator=g).to(torch.bfloat16).to(DEVICE)
+    vc = torch.randn(1, n_kv, length, d, generator=g).to(torch.bfloat16).to(DEVICE)
+    q = torch.randn(n_heads * d, generator=g).to(torch.bfloat16).to(DEVICE)
+    p = torch.tensor([70], device=DEVICE)
+    att = nk.attn_decode_launch(q, kc, vc, p, n_heads, d ** -0.5)
+    assert torch.equal(nk.attn_decode_launch(q, kc, vc, p, n_heads, d ** -0.5, lane_out=True), nk.lane_order(att))
+    with pytest.raises(ValueError, match="multiple of 1024"):
+        nk.add_rmsnorm_launch(res[:1000], None, ln[:1000], 1e-5, lane_out=True)
 
 
 def test_gemv_three_weights_in_one_launch() -> None:
@@ -153,14 +184,12 @@ def test_nf4_weight_declines_what_it_cannot_read() -> None:
 # --------------------------------------------------------------------------------------------------------------
 # the whole fused decode step on a tiny NF4 Mistral, against the model's own forward
 # --------------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_nf4() -> torch.nn.Module:
+def _nf4_mistral(**shape: int) -> torch.nn.Module:
+    """A random-weight Mistral of the given shape, saved and reloaded in NF4 (double quant) by transformers."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig, MistralConfig, MistralForCausalLM
 
-    # heads x head_dim (64) != hidden (128), as in Magistral (4096 vs 5120): a K mixed up between q|k|v and o fails
-    cfg = MistralConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, head_dim=16, vocab_size=512, max_position_embeddings=4096,
-                        sliding_window=None, bos_token_id=1, eos_token_id=2, rms_norm_eps=1e-5)
+    cfg = MistralConfig(**shape, vocab_size=512, max_position_embeddings=4096, sliding_window=None,
+                        bos_token_id=1, eos_token_id=2, rms_norm_eps=1e-5)
     torch.manual_seed(1)
     model = MistralForCausalLM(cfg)
     with torch.no_grad():
@@ -178,6 +207,44 @@ def tiny_nf4() -> torch.nn.Module:
     # for its own CPU kernel at the first forward (the kit then keeps the original tensors alive)
     q._kit_test_decoder = nk.prepare_decode(q, allow_cpu=True)
     return q.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_nf4() -> torch.nn.Module:
+    # heads x head_dim (64) != hidden (128), as in Magistral (4096 vs 5120): a K mixed up between q|k|v and o fails
+    return _nf4_mistral(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, head_dim=16)
+
+
+def test_decode_step_in_lane_order_matches_natural_order() -> None:
+    """Every K of this model is a multiple of 1024 (as in Magistral): the fused step hands each GEMV its input in
+    lane order, and the logits are bit-identical to the same step with natural order everywhere."""
+    from transformers import StaticCache
+
+    from magistral_kit.model import fast_decode as fd
+
+    model = _nf4_mistral(hidden_size=1024, intermediate_size=2048, num_hidden_layers=1, num_attention_heads=8,
+                         num_key_value_heads=2, head_dim=128)
+    dec, why = model._kit_test_decoder
+    assert dec is not None, why
+    # one split everywhere but down (2 x 1024): the interpreter pays per program
+    dec.splits = nk.DecodeSplits(qkv=(16, 1, 1), o=(16, 1, 1), gate_up=(16, 1), down=(16, 2, 1))
+    assert all(dec.lanes().values()), dec.lanes()
+    ids = torch.randint(3, 512, (1, 12), generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    n = 10
+    logits = {}
+    with torch.inference_mode(), fd._KitAttention(model):
+        for lane in (True, False):
+            dec.lane_order = lane
+            cache = StaticCache(config=model.config, max_cache_len=32)
+            pos = torch.arange(n, device=DEVICE)
+            model(input_ids=ids[:, :n], position_ids=pos.view(1, -1), cache_position=pos, past_key_values=cache,
+                  use_cache=True)
+            logits[lane] = dec.step(ids[:, n:n + 1], torch.tensor([n], device=DEVICE), cache)
+        ref = model(input_ids=ids[:, :n + 1], logits_to_keep=1).logits[0, -1].float()
+    assert not any(dec.lanes().values())  # lane_order=False really took the natural path
+    assert torch.equal(logits[True], logits[False])
+    assert float((logits[True][0] - ref).abs().max()) <= 0.05 * float(ref.abs().max())
 
 
 def test_prepare_decode_is_cuda_only_unless_asked(tiny_nf4: torch.nn.Module) -> None:

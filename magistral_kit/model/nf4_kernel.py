@@ -72,18 +72,25 @@ if triton is not None:
         return b.to(tl.float32, bitcast=True)
 
     @triton.jit
+    def _lane_pos(e):
+        """Where element e of a vector sits in lane order (see ``lane_order``)."""
+        r = e % 1024
+        return e - r + (r % 32 // 8) * 256 + (r // 32) * 8 + r % 8
+
+    @triton.jit
     def _nf4_rows(x_ptr, w_ptr, a_ptr, s2_ptr, off_ptr, code2_ptr, code, row0, N, K, k_lo, k_hi,
-                  BR: tl.constexpr, W: tl.constexpr = 1, EVEN: tl.constexpr = False,
-                  LOOKUP: tl.constexpr = True, PF: tl.constexpr = False):
+                  BR: tl.constexpr, W: tl.constexpr = 1, EVEN: tl.constexpr = False, XL: tl.constexpr = False):
         """float32 dot products of rows [row0, row0 + BR) of one NF4 weight with x over elements [k_lo, k_hi).
 
         Lane t of a warp owns 16 contiguous packed bytes (32 weights, half an absmax block) of every row per
         1024-element step. Tensors keep the lane as the axis Triton spreads over threads (it is the first axis of
         every load and the last of the decode), so the loads are 16-byte vectors, the nibbles, products and the
         32-element sums stay in each thread's registers, and no layout change goes through shared memory.
-        EVEN (rows a multiple of BR, K range a multiple of 1024) drops every mask. LOOKUP=False uses the nibble
-        itself as the weight: wrong values, only for measuring what the table lookup costs (bench/gpu_chat.py).
-        PF (with EVEN) loads the next step's packed weights before decoding the current ones."""
+        EVEN (rows a multiple of BR, K range a multiple of 1024) drops every mask.
+        XL: x is in lane order (the producer stored it so), so each of the four 16-byte loads of x reads 512
+        contiguous bytes across the warp; in natural order each lane's 64 bytes are contiguous and every load
+        touches twice the sectors (measured: the busiest unit of this loop is the L1 data pipe, which the
+        table shuffles and these loads share)."""
         rows = row0 + tl.arange(0, BR)
         rmask = rows < N
         t = tl.arange(0, 32)
@@ -94,20 +101,17 @@ if triton is not None:
         kw = K // 8
         kb = K // 64
         woff = t[:, None, None] * 4 + tl.multiple_of(rows * kw, 8)[None, :, None] + c[None, None, :]  # [32,BR,4]
-        xoff = t[:, None, None] * 32 + c[None, :, None] * 8 + i[None, None, :]  # [32, 4, 8]
+        if XL:
+            xoff = t[:, None, None] * 8 + c[None, :, None] * 256 + i[None, None, :]  # [32, 4, 8]
+        else:
+            xoff = t[:, None, None] * 32 + c[None, :, None] * 8 + i[None, None, :]  # [32, 4, 8]
         acc = tl.zeros([32, BR], dtype=tl.float32)
-        if PF:
-            wn = tl.load(w_ptr + k_lo // 8 + woff)
         for k_step in range(k_lo, k_hi, 1024):
             k0 = tl.multiple_of(k_step, 64)
             kw0 = tl.multiple_of(k_step // 8, 8)
             blk = (k0 // 64 + t // 2)[:, None] + (rows * kb)[None, :]  # [32, BR] absmax block of each lane
             if EVEN:
-                if PF:
-                    wv = wn
-                    wn = tl.load(w_ptr + kw0 + 128 + woff, mask=k_step + 1024 < k_hi, other=0)
-                else:
-                    wv = tl.load(w_ptr + kw0 + woff)
+                wv = tl.load(w_ptr + kw0 + woff)
                 xv = tl.load(x_ptr + k0 + xoff)
                 a = tl.load(a_ptr + blk).to(tl.int32)
                 s2 = tl.load(s2_ptr + blk // 256)
@@ -121,9 +125,7 @@ if triton is not None:
             wv = tl.permute(wv.to(tl.uint32, bitcast=True), (1, 2, 0))  # [BR, 4, 32]
             # the table holds the 16 values twice, so 5 bits index it (one op less than masking 4 bits off)
             nib = ((wv[:, :, None, :] >> shifts[None, None, :, None]) & 31).to(tl.int32)  # [BR, 4, 8, 32]
-            if not LOOKUP:  # the nibble's bits as a float's mantissa: no lookup and no conversion instruction
-                v = tl.reshape((nib | 0x3F800000).to(tl.float32, bitcast=True), [BR * 1024])
-            elif W == 1:
+            if W == 1:
                 v = tl.gather(code, tl.reshape(nib, [BR * 1024]), 0)
             else:  # one table per warp: the gather stays a warp shuffle
                 v = tl.gather(tl.broadcast_to(code[None, :], [W, 32]), tl.reshape(nib, [W, BR // W * 1024]), 1)
@@ -138,7 +140,7 @@ if triton is not None:
     def _nf4_gemv_kernel(x_ptr, out_ptr, code_ptr, code2_ptr,
                          w0, a0, s0, o0, n0, w1, a1, s1, o1, n1, w2, a2, s2, o2, n2,
                          K, K_SPLIT, N_TOTAL, BR: tl.constexpr, NSEG: tl.constexpr, W: tl.constexpr,
-                         EVEN: tl.constexpr, LOOKUP: tl.constexpr = True, PF: tl.constexpr = False):
+                         EVEN: tl.constexpr, XL: tl.constexpr = False):
         """Up to 3 NF4 weights sharing the input x; out[split, row] = partial sum over this program's K range."""
         pid = tl.program_id(0)
         sid = tl.program_id(1)
@@ -149,43 +151,47 @@ if triton is not None:
         nb0 = tl.cdiv(n0, BR)
         if pid < nb0:
             y, rows, rmask = _nf4_rows(x_ptr, w0, a0, s0, o0, code2_ptr, code, pid * BR, n0, K, k_lo, k_hi, BR, W,
-                                       EVEN, LOOKUP, PF)
+                                       EVEN, XL)
             tl.store(out + rows, y, mask=rmask)
         else:
             if NSEG > 1:
                 nb1 = tl.cdiv(n1, BR)
                 if pid < nb0 + nb1:
                     y, rows, rmask = _nf4_rows(x_ptr, w1, a1, s1, o1, code2_ptr, code, (pid - nb0) * BR, n1, K,
-                                               k_lo, k_hi, BR, W, EVEN, LOOKUP, PF)
+                                               k_lo, k_hi, BR, W, EVEN, XL)
                     tl.store(out + n0 + rows, y, mask=rmask)
                 else:
                     if NSEG > 2:
                         y, rows, rmask = _nf4_rows(x_ptr, w2, a2, s2, o2, code2_ptr, code,
-                                                   (pid - nb0 - nb1) * BR, n2, K, k_lo, k_hi, BR, W, EVEN,
-                                                   LOOKUP, PF)
+                                                   (pid - nb0 - nb1) * BR, n2, K, k_lo, k_hi, BR, W, EVEN, XL)
                         tl.store(out + n0 + n1 + rows, y, mask=rmask)
 
     @triton.jit
     def _nf4_gate_up_kernel(x_ptr, out_ptr, code_ptr, code2_ptr, wg, ag, sg, og, wu, au, su, ou, N, K,
-                            BR: tl.constexpr, W: tl.constexpr, EVEN: tl.constexpr, PF: tl.constexpr = False):
-        """bf16 silu(x @ gate^T) * (x @ up^T), rounded where the bf16 module path rounds."""
+                            BR: tl.constexpr, W: tl.constexpr, EVEN: tl.constexpr, XL: tl.constexpr = False,
+                            OL: tl.constexpr = False):
+        """bf16 silu(x @ gate^T) * (x @ up^T), rounded where the bf16 module path rounds; OL: stored in lane order."""
         pid = tl.program_id(0)
         code = tl.load(code_ptr + tl.max_contiguous(tl.arange(0, 32), 1))
-        g, rows, rmask = _nf4_rows(x_ptr, wg, ag, sg, og, code2_ptr, code, pid * BR, N, K, 0, K, BR, W, EVEN, True, PF)
-        u, rows, rmask = _nf4_rows(x_ptr, wu, au, su, ou, code2_ptr, code, pid * BR, N, K, 0, K, BR, W, EVEN, True, PF)
+        g, rows, rmask = _nf4_rows(x_ptr, wg, ag, sg, og, code2_ptr, code, pid * BR, N, K, 0, K, BR, W, EVEN, XL)
+        u, rows, rmask = _nf4_rows(x_ptr, wu, au, su, ou, code2_ptr, code, pid * BR, N, K, 0, K, BR, W, EVEN, XL)
         g = _rn(g)
         act = _rn(g / (1.0 + tl.exp(-g)))
         y = _rn(act * _rn(u))
+        if OL:
+            rows = _lane_pos(rows)
         tl.store(out_ptr + rows, y.to(tl.bfloat16), mask=rmask)
 
     @triton.jit
-    def _add_rmsnorm_kernel(res_ptr, part_ptr, w_ptr, x_out, h_out, H, eps, S: tl.constexpr, BLOCK_H: tl.constexpr):
-        """h = bf16(res + bf16(sum_s part[s])); x = w * bf16(h * rsqrt(mean(h^2) + eps)).
+    def _add_rmsnorm_kernel(res_ptr, part_ptr, w_ptr, x_out, h_out, H, eps, S: tl.constexpr, BLOCK_H: tl.constexpr,
+                            OL: tl.constexpr = False):
+        """h = bf16(res + bf16(sum_s part[s])); x = w * bf16(h * rsqrt(mean(h^2) + eps)); OL: x in lane order.
 
         S (the producer's K splits) is a constant so the loop unrolls and the S loads are in flight together."""
         d = tl.arange(0, BLOCK_H)
         m = d < H
         h = tl.load(res_ptr + d, mask=m, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + d, mask=m, other=0.0).to(tl.float32)  # with the other loads: one memory round trip
         lin = tl.zeros([BLOCK_H], dtype=tl.float32)
         for s in tl.static_range(S):
             lin += tl.load(part_ptr + s * H + d, mask=m, other=0.0)
@@ -193,8 +199,10 @@ if triton is not None:
         tl.store(h_out + d, hf.to(tl.bfloat16), mask=m)
         var = tl.sum(hf * hf, axis=0) / H
         y = _rn(hf * (1.0 / tl.sqrt(var + eps)))
-        w = tl.load(w_ptr + d, mask=m, other=0.0).to(tl.float32)
-        tl.store(x_out + d, _rn(w * y).to(tl.bfloat16), mask=m)
+        if OL:
+            tl.store(x_out + _lane_pos(d), _rn(w * y).to(tl.bfloat16), mask=m)
+        else:
+            tl.store(x_out + d, _rn(w * y).to(tl.bfloat16), mask=m)
 
     @triton.jit
     def _rope_cache_kernel(part_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, q_out, L, S: tl.constexpr,
@@ -254,6 +262,7 @@ if triton is not None:
                 p = c + tl.arange(0, CH)
                 valid = p <= pos
                 k = tl.load(kc_ptr + base + p[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
+                v = tl.load(vc_ptr + base + p[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)  # with k
                 # float32 operands holding bf16 values: exact in tf32, and Triton's interpreter (numpy, no bf16
                 # matmul) computes the same products
                 s = tl.dot(q, tl.trans(k.to(tl.float32))) * scale  # [GP, CH]
@@ -262,7 +271,6 @@ if triton is not None:
                 alpha = tl.exp(m_i - m_new)
                 pr = tl.exp(s - m_new[:, None])
                 l_i = l_i * alpha + tl.sum(pr, axis=1)
-                v = tl.load(vc_ptr + base + p[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
                 acc = acc * alpha[:, None] + tl.dot(_rn(pr), v.to(tl.float32))
                 m_i = m_new
             row = kvh * NSPLIT + sp
@@ -273,8 +281,9 @@ if triton is not None:
 
     @triton.jit
     def _attn_merge_kernel(m_ptr, l_ptr, acc_ptr, pos_ptr, out_ptr, NSPLIT, G: tl.constexpr, D: tl.constexpr,
-                           CH: tl.constexpr, BS: tl.constexpr):
-        """out[head] = merge of the used splits' (max, sum, acc) of that head (flash-decoding reduction)."""
+                           CH: tl.constexpr, BS: tl.constexpr, OL: tl.constexpr = False):
+        """out[head] = merge of the used splits' (max, sum, acc) of that head (flash-decoding reduction);
+        OL: out in lane order."""
         h = tl.program_id(0)
         kvh = h // G
         g = h % G
@@ -297,7 +306,10 @@ if triton is not None:
             l_run = l_run * alpha + tl.sum(w * l, axis=0)
             acc = acc * alpha + tl.sum(w[:, None] * a, axis=0)
             m_run = m_new
-        tl.store(out_ptr + h * D + d, _rn(acc / l_run).to(tl.bfloat16))
+        e = h * D + d
+        if OL:
+            e = _lane_pos(e)
+        tl.store(out_ptr + e, _rn(acc / l_run).to(tl.bfloat16))
 
 
 def _need_triton() -> None:
@@ -313,13 +325,27 @@ def _code_table(device: torch.device) -> torch.Tensor:
     return torch.tensor(NF4_CODE * 2, dtype=torch.float32, device=device)
 
 
+def lane_order(x: torch.Tensor) -> torch.Tensor:
+    """x (length a multiple of 1024) in the order the GEMV's lanes read it: within each 1024-element step, the
+    32 elements lane t multiplies (t*32 .. t*32+31) are spread as 4 runs of 8 at t*8 + c*256, so that each of the
+    lane's four 16-byte loads is one 512-byte contiguous read of the whole warp. The decode step's producers
+    (add + RMSNorm, attention, gate|up) store their outputs this way when the consumer reads whole steps."""
+    if x.numel() % STEP:
+        raise ValueError(f"lane order needs a length that is a multiple of {STEP}, got {x.numel()}")
+    return x.reshape(-1, 32, 4, 8).transpose(1, 2).reshape(-1)
+
+
+def _whole_steps(k: int, split: int) -> bool:
+    """True when every K split of a length-k product covers whole 1024-element steps (lane order applies)."""
+    return k % STEP == 0 and _k_split(k, split) % STEP == 0
+
+
 def nf4_gemv_launch(x: torch.Tensor, weights: Sequence[torch.Tensor], absmax: Sequence[torch.Tensor],
                     absmax2: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor], code: torch.Tensor,
                     code2: torch.Tensor, rows: Sequence[int], k: int, split: int = 1,
-                    block_rows: int = 8, warps: int = 1, lookup: bool = True,
-                    prefetch: bool = False) -> torch.Tensor:
+                    block_rows: int = 8, warps: int = 1, lane_x: bool = False) -> torch.Tensor:
     """float32 partial sums ``[split, sum(rows)]`` of ``x @ W_i^T`` for up to 3 NF4 weights (concatenated).
-    ``lookup=False`` is a diagnosis only; ``prefetch`` loads a step ahead (see ``_nf4_rows``)."""
+    ``lane_x``: x is in lane order (``lane_order``), which needs whole 1024-element steps per split."""
     _need_triton()
     n_seg = len(weights)
     if not 1 <= n_seg <= 3:
@@ -327,6 +353,8 @@ def nf4_gemv_launch(x: torch.Tensor, weights: Sequence[torch.Tensor], absmax: Se
     n_total = int(sum(rows))
     k_split = _k_split(k, split)
     split = -(-k // k_split)
+    if lane_x and not _whole_steps(k, split):
+        raise ValueError(f"x in lane order needs K splits of whole {STEP}-element steps (K {k}, {split} splits)")
     out = torch.empty((split, n_total), dtype=torch.float32, device=x.device)
     segs: list[Any] = []
     for i in range(3):
@@ -335,7 +363,7 @@ def nf4_gemv_launch(x: torch.Tensor, weights: Sequence[torch.Tensor], absmax: Se
     nb = sum(-(-int(r) // block_rows) for r in rows)
     even = k % STEP == 0 and k_split % STEP == 0 and all(int(r) % block_rows == 0 for r in rows)
     _nf4_gemv_kernel[(nb, split)](x, out, code, code2, *segs, k, k_split, n_total, BR=block_rows, NSEG=n_seg,
-                                  W=warps, EVEN=even, LOOKUP=lookup, PF=prefetch and even, num_warps=warps)
+                                  W=warps, EVEN=even, XL=lane_x, num_warps=warps)
     return out
 
 
@@ -350,26 +378,33 @@ def _k_split(k: int, split: int) -> int:
 def nf4_gate_up_launch(x: torch.Tensor, weights: Sequence[torch.Tensor], absmax: Sequence[torch.Tensor],
                        absmax2: Sequence[torch.Tensor], offsets: Sequence[torch.Tensor], code: torch.Tensor,
                        code2: torch.Tensor, n: int, k: int, block_rows: int = 8, warps: int = 1,
-                       prefetch: bool = False) -> torch.Tensor:
+                       lane_x: bool = False, lane_out: bool = False) -> torch.Tensor:
+    """bf16 silu(x @ gate^T) * (x @ up^T); ``lane_x`` / ``lane_out``: x is / the output is stored in lane order."""
     _need_triton()
+    if (lane_x and k % STEP) or (lane_out and n % STEP):
+        raise ValueError(f"lane order needs lengths that are multiples of {STEP} (K {k}, N {n})")
     out = torch.empty((n,), dtype=torch.bfloat16, device=x.device)
     even = n % block_rows == 0 and k % STEP == 0
     _nf4_gate_up_kernel[(-(-n // block_rows),)](x, out, code, code2, weights[0], absmax[0], absmax2[0], offsets[0],
                                                 weights[1], absmax[1], absmax2[1], offsets[1], n, k,
-                                                BR=block_rows, W=warps, EVEN=even, PF=prefetch and even,
+                                                BR=block_rows, W=warps, EVEN=even, XL=lane_x, OL=lane_out,
                                                 num_warps=warps)
     return out
 
 
 def add_rmsnorm_launch(res: torch.Tensor, parts: torch.Tensor | None, weight: torch.Tensor,
-                       eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+                       eps: float, lane_out: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, h): h = res + the summed partials, x = RMSNorm(h) (in lane order with ``lane_out``)."""
     _need_triton()
     h_dim = res.numel()
+    if lane_out and h_dim % STEP:
+        raise ValueError(f"lane order needs a length that is a multiple of {STEP}, got {h_dim}")
     x = torch.empty_like(res)
     h = torch.empty_like(res)
     s = 0 if parts is None else parts.shape[0]
     _add_rmsnorm_kernel[(1,)](res, parts if parts is not None else res, weight, x, h, h_dim, float(eps), S=s,
-                              BLOCK_H=triton.next_power_of_2(h_dim), num_warps=NORM_WARPS if h_dim >= 2048 else 4)
+                              BLOCK_H=triton.next_power_of_2(h_dim), OL=lane_out,
+                              num_warps=NORM_WARPS if h_dim >= 2048 else 4)
     return x, h
 
 
@@ -384,7 +419,8 @@ def rope_cache_launch(parts: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
 
 
 def attn_decode_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: torch.Tensor,
-                       n_heads: int, scale: float) -> torch.Tensor:
+                       n_heads: int, scale: float, lane_out: bool = False) -> torch.Tensor:
+    """Attention of one query token over the filled cache; ``lane_out``: the output in lane order."""
     _need_triton()
     n_kv, length, d = k_cache.shape[-3], k_cache.shape[-2], k_cache.shape[-1]
     g = n_heads // n_kv
@@ -396,9 +432,11 @@ def attn_decode_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
     _attn_split_kernel[(n_kv, n_split)](q, k_cache, v_cache, pos, m, l_, acc, length, n_split, float(scale),
                                         G=g, GP=max(16, triton.next_power_of_2(g)), D=d, CH=ATTN_CHUNK,
                                         num_warps=4)
+    if lane_out and (n_heads * d) % STEP:
+        raise ValueError(f"lane order needs a length that is a multiple of {STEP}, got {n_heads * d}")
     out = torch.empty((n_heads * d,), dtype=torch.bfloat16, device=dev)
     _attn_merge_kernel[(n_heads,)](m, l_, acc, pos, out, n_split, G=g, D=d, CH=ATTN_CHUNK,
-                                   BS=min(64, triton.next_power_of_2(n_split)), num_warps=1)
+                                   BS=min(64, triton.next_power_of_2(n_split)), OL=lane_out, num_warps=1)
     return out
 
 
@@ -415,31 +453,34 @@ def _register_ops() -> None:
     @custom_op("kit_nf4::gemv", mutates_args=())
     def gemv(x: torch.Tensor, weights: list[torch.Tensor], absmax: list[torch.Tensor],
              absmax2: list[torch.Tensor], offsets: list[torch.Tensor], code: torch.Tensor, code2: torch.Tensor,
-             rows: list[int], k: int, split: int, block_rows: int, warps: int) -> torch.Tensor:
-        return nf4_gemv_launch(x, weights, absmax, absmax2, offsets, code, code2, rows, k, split, block_rows, warps)
+             rows: list[int], k: int, split: int, block_rows: int, warps: int, lane_x: bool = False) -> torch.Tensor:
+        return nf4_gemv_launch(x, weights, absmax, absmax2, offsets, code, code2, rows, k, split, block_rows, warps,
+                               lane_x)
 
     @gemv.register_fake
-    def _(x, weights, absmax, absmax2, offsets, code, code2, rows, k, split, block_rows, warps):
+    def _(x, weights, absmax, absmax2, offsets, code, code2, rows, k, split, block_rows, warps, lane_x=False):
         n_split = -(-k // _k_split(k, split))
         return x.new_empty((n_split, int(sum(rows))), dtype=torch.float32)
 
     @custom_op("kit_nf4::gate_up", mutates_args=())
     def gate_up(x: torch.Tensor, weights: list[torch.Tensor], absmax: list[torch.Tensor],
                 absmax2: list[torch.Tensor], offsets: list[torch.Tensor], code: torch.Tensor, code2: torch.Tensor,
-                n: int, k: int, block_rows: int, warps: int) -> torch.Tensor:
-        return nf4_gate_up_launch(x, weights, absmax, absmax2, offsets, code, code2, n, k, block_rows, warps)
+                n: int, k: int, block_rows: int, warps: int, lane_x: bool = False,
+                lane_out: bool = False) -> torch.Tensor:
+        return nf4_gate_up_launch(x, weights, absmax, absmax2, offsets, code, code2, n, k, block_rows, warps, lane_x,
+                                  lane_out)
 
     @gate_up.register_fake
-    def _(x, weights, absmax, absmax2, offsets, code, code2, n, k, block_rows, warps):
+    def _(x, weights, absmax, absmax2, offsets, code, code2, n, k, block_rows, warps, lane_x=False, lane_out=False):
         return x.new_empty((n,), dtype=torch.bfloat16)
 
     @custom_op("kit_nf4::add_rmsnorm", mutates_args=())
     def add_rmsnorm(res: torch.Tensor, parts: torch.Tensor | None, weight: torch.Tensor,
-                    eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        return add_rmsnorm_launch(res, parts, weight, eps)
+                    eps: float, lane_out: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return add_rmsnorm_launch(res, parts, weight, eps, lane_out)
 
     @add_rmsnorm.register_fake
-    def _(res, parts, weight, eps):
+    def _(res, parts, weight, eps, lane_out=False):
         return torch.empty_like(res), torch.empty_like(res)
 
     @custom_op("kit_nf4::rope_cache", mutates_args=("k_cache", "v_cache"))
@@ -454,11 +495,11 @@ def _register_ops() -> None:
 
     @custom_op("kit_nf4::attn_decode", mutates_args=())
     def attn_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: torch.Tensor,
-                    n_heads: int, scale: float) -> torch.Tensor:
-        return attn_decode_launch(q, k_cache, v_cache, pos, n_heads, scale)
+                    n_heads: int, scale: float, lane_out: bool = False) -> torch.Tensor:
+        return attn_decode_launch(q, k_cache, v_cache, pos, n_heads, scale, lane_out)
 
     @attn_decode.register_fake
-    def _(q, k_cache, v_cache, pos, n_heads, scale):
+    def _(q, k_cache, v_cache, pos, n_heads, scale, lane_out=False):
         return torch.empty_like(q)
 
     _OPS_READY = True
@@ -550,10 +591,10 @@ class DecodeSplits:
     bench/gpu_chat.py sweeps these on the GPU and records the best; the defaults are its choice for the
     Magistral shape on the H200."""
 
-    qkv: tuple[int, int, int] = (4, 2, 1)
-    o: tuple[int, int, int] = (8, 4, 1)
-    gate_up: tuple[int, int] = (8, 1)
-    down: tuple[int, int, int] = (8, 4, 1)
+    qkv: tuple[int, int, int] = (2, 3, 1)
+    o: tuple[int, int, int] = (2, 1, 1)
+    gate_up: tuple[int, int] = (4, 1)
+    down: tuple[int, int, int] = (4, 8, 1)
     other: tuple[int, int, int] = (8, 5, 1)  # any other linear (the per-linear mode)
 
 
@@ -572,6 +613,15 @@ class KitDecoder:
     eps: float
     code: torch.Tensor
     splits: DecodeSplits = field(default_factory=lambda: DEFAULT_SPLITS)
+    lane_order: bool = True  # producers store x in lane order where the consumer reads whole steps
+
+    def lanes(self) -> dict[str, bool]:
+        """Which GEMV inputs travel in lane order (``lane_order``) with the current launch shapes."""
+        lay, sp = self.layers[0], self.splits
+        return {"qkv": self.lane_order and _whole_steps(lay.qkv[0].k, sp.qkv[1]),
+                "o": self.lane_order and _whole_steps(lay.o.k, sp.o[1]),
+                "gate_up": self.lane_order and _whole_steps(lay.gate.k, 1),
+                "down": self.lane_order and _whole_steps(lay.down.k, sp.down[1])}
 
     def step(self, ids: torch.Tensor, pos: torch.Tensor, cache: Any) -> torch.Tensor:
         ops = _ops()
@@ -583,20 +633,21 @@ class KitDecoder:
         parts: torch.Tensor | None = None
         sp = self.splits
         scale = self.head_dim ** -0.5
+        lane = self.lanes()
         for i, lay in enumerate(self.layers):
             kc, vc = cache.layers[i].keys, cache.layers[i].values
-            x, res = ops.add_rmsnorm(res, parts, lay.ln1, self.eps)
+            x, res = ops.add_rmsnorm(res, parts, lay.ln1, self.eps, lane["qkv"])
             qkv = ops.gemv(x, *_flat(lay.qkv), self.code, lay.qkv[0].code2, [w.n for w in lay.qkv], lay.qkv[0].k,
-                           sp.qkv[1], sp.qkv[0], sp.qkv[2])
+                           sp.qkv[1], sp.qkv[0], sp.qkv[2], lane["qkv"])
             q = ops.rope_cache(qkv, cos, sin, pos, kc, vc, self.n_heads, self.n_kv, self.head_dim)
-            att = ops.attn_decode(q, kc, vc, pos, self.n_heads, scale)
+            att = ops.attn_decode(q, kc, vc, pos, self.n_heads, scale, lane["o"])
             parts = ops.gemv(att, *_flat([lay.o]), self.code, lay.o.code2, [lay.o.n], lay.o.k, sp.o[1], sp.o[0],
-                             sp.o[2])
-            x, res = ops.add_rmsnorm(res, parts, lay.ln2, self.eps)
+                             sp.o[2], lane["o"])
+            x, res = ops.add_rmsnorm(res, parts, lay.ln2, self.eps, lane["gate_up"])
             act = ops.gate_up(x, *_flat([lay.gate, lay.up]), self.code, lay.gate.code2, lay.gate.n, lay.gate.k,
-                              sp.gate_up[0], sp.gate_up[1])
+                              sp.gate_up[0], sp.gate_up[1], lane["gate_up"], lane["down"])
             parts = ops.gemv(act, *_flat([lay.down]), self.code, lay.down.code2, [lay.down.n], lay.down.k,
-                             sp.down[1], sp.down[0], sp.down[2])
+                             sp.down[1], sp.down[0], sp.down[2], lane["down"])
         x, res = ops.add_rmsnorm(res, parts, base.norm.weight, self.eps)
         logits = self.model.lm_head(x.view(1, 1, -1))
         return logits[:, -1, :].float()
