@@ -52,6 +52,7 @@ TABLES: dict[str, tuple[str, str, str]] = {
     "gpu_h200": ("bench/gpu_chat.py", "h200_table", "gpu_chat_h200.json"),
     "gpu_h200_probe": ("bench/gpu_chat.py", "probe_table", "gpu_chat_h200.json"),
     "nf4_sass": ("bench/nf4_sass.py", "markdown_table", "nf4_sass.json"),
+    "nf4_ncu": ("bench/nf4_ncu.py", "markdown_table", "nf4_ncu_h200.json"),
     "gpu_summary": ("bench/gpu_chat.py", "markdown_table", "gpu_chat_h100.json"),
     # GPU.md's H100 sections: gpu_<part> is gpu_chat.py's <part>_table over the same run
     **{f"gpu_{part}": ("bench/gpu_chat.py", f"{part}_table", "gpu_chat_h100.json")
