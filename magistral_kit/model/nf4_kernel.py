@@ -13,7 +13,9 @@ does the rest of a decode step around the linears in a few fused kernels:
   loads, and the nibbles, values and 32-element sums stay in registers with no layout change through shared
   memory (measured: the layout, not the lookup, was what made an earlier version slow). Nibbles are decoded
   with ``tl.gather`` on the NF4 table (a warp shuffle on the GPU, plain indexing in Triton's interpreter -- no
-  inline assembly, so CI runs the same code on the CPU).
+  inline assembly, so CI runs the same code on the CPU). x arrives in lane order (``lane_order``) from the kernel
+  that produced it, so the warp reads it in contiguous 512-byte runs (Nsight Compute: the L1 data pipe, shared by
+  the shuffles and the loads, is the unit this loop saturates; bench/nf4_ncu.py).
   Up to three weights sharing one input (q, k, v) run in one launch; a split of K over programs writes float32
   partial sums that the consumer adds (the residual/norm and rotary kernels below do that for free).
 * ``gate_up``: gate and up projections in one launch with ``silu(gate) * up`` as the epilogue.
