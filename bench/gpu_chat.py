@@ -344,7 +344,8 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
         for sp in splits[:3]:
             qkv[key(br, w, sp)] = round(graph_us([
                 (lambda i=i, br=br, w=w, sp=sp, lane=nk._whole_steps(hid, sp): nk.nf4_gemv_launch(
-                    x5l if lane else x5, *nk._flat([ws["q"][i % nq], ws["k"][i % len(ws["k"])], ws["v"][i % len(ws["v"])]]),
+                    x5l if lane else x5,
+                    *nk._flat([ws["q"][i % nq], ws["k"][i % len(ws["k"])], ws["v"][i % len(ws["v"])]]),
                     code, ws["q"][0].code2, [nq_, nk_, nk_], hid, sp, br, w, lane)) for i in range(max(48, nq))]), 2)
     gu = {}
     ng = len(lins["gate"])
@@ -646,8 +647,9 @@ def probe_table(result: dict) -> str:
             label, mb = f"{name} {sh[name]['n']} × {sh[name]['k']}", sh[name]["mbytes"]
         if mb is None:
             continue
-        lines.append(f"| {label} | {mb:.2f} | {r['launch']} | {r['natural_us']:.1f} | {mb * 1e3 / r['natural_us']:.0f} | "
-                     f"**{r['lane_us']:.1f}** | {mb * 1e3 / r['lane_us']:.0f} |")
+        nat, lane = r["natural_us"], r["lane_us"]
+        lines.append(f"| {label} | {mb:.2f} | {r['launch']} | {nat:.1f} | {mb * 1e3 / nat:.0f} | "
+                     f"**{lane:.1f}** | {mb * 1e3 / lane:.0f} |")
     lines += ["", f"{result.get('device', '?')}, triton {result.get('versions', {}).get('triton', '?')}, random "
               "weights of every Magistral linear shape quantized by bitsandbytes, CUDA graphs of calls rotating over "
               "enough copies to defeat the L2, timed inside the kernel comparison of the run above "

@@ -103,7 +103,8 @@ def test_x_in_lane_order_gives_the_same_sums() -> None:
         assert torch.equal(nk.nf4_gemv_launch(xl, *args, split, 8, 1, lane_x=True), natural)
     with pytest.raises(ValueError, match="whole 1024"):
         nk.nf4_gemv_launch(xl, *args, 4, 8, 1, lane_x=True)  # 4 splits of 3072: 768 elements, not whole steps
-    wn = nk.nf4_weight(_Lin(1024, 1024, seed=8, scale=0.05))[0]  # gate|up: 1024 outputs, so the output can be permuted too
+    # gate|up with 1024 outputs, so its output can be stored in lane order too
+    wn = nk.nf4_weight(_Lin(1024, 1024, seed=8, scale=0.05))[0]
     two = (*nk._flat([wn, wn]), code, wn.code2, 1024, 1024, 8, 1)
     x, xl = x[:1024], nk.lane_order(x[:1024])
     natural = nk.nf4_gate_up_launch(x, *two)
