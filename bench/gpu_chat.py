@@ -283,7 +283,7 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
             for sp in splits:
                 if sp > 1 and k // sp < 1024:
                     continue
-                lane = nk._whole_steps(k, sp)  # the decode step hands such launches x in lane order
+                lane = nk.lane_order_applies(k, sp)  # the decode step hands such launches x in lane order
                 wt = ws[name][0]
                 mine = nk.nf4_gemv_launch(nk.lane_order(x) if lane else x, [wt.words], [wt.absmax], [wt.absmax2],
                                           [wt.offset], code, wt.code2, [n], k, sp, br, w, lane).sum(0).float()
@@ -303,7 +303,7 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
         xl = nk.lane_order(x) if k % nk.STEP == 0 else x
         for v in variants:
             br, w, sp = pick(v)
-            lane = nk._whole_steps(k, sp)
+            lane = nk.lane_order_applies(k, sp)
             variants[v] = round(graph_us([
                 (lambda wt=ws[name][i], br=br, w=w, sp=sp, lane=lane: nk.nf4_gemv_launch(
                     xl if lane else x, [wt.words], [wt.absmax], [wt.absmax2], [wt.offset], code, wt.code2, [n], k,
@@ -322,7 +322,7 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
             continue
         n, k = LINEAR_SHAPES[name]
         br, w, sp = pick(out["shapes"][name]["best"])
-        if not nk._whole_steps(k, sp):
+        if not nk.lane_order_applies(k, sp):
             continue
         xa = (torch.randn(k, device=DEV, generator=g) * 0.5).to(torch.bfloat16)
         order[name] = {"launch": out["shapes"][name]["best"], "lane_us": out["shapes"][name]["ours_us"],
@@ -343,7 +343,7 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
     for br, w in shapes_bw:
         for sp in splits[:3]:
             qkv[key(br, w, sp)] = round(graph_us([
-                (lambda i=i, br=br, w=w, sp=sp, lane=nk._whole_steps(hid, sp): nk.nf4_gemv_launch(
+                (lambda i=i, br=br, w=w, sp=sp, lane=nk.lane_order_applies(hid, sp): nk.nf4_gemv_launch(
                     x5l if lane else x5,
                     *nk._flat([ws["q"][i % nq], ws["k"][i % len(ws["k"])], ws["v"][i % len(ws["v"])]]),
                     code, ws["q"][0].code2, [nq_, nk_, nk_], hid, sp, br, w, lane)) for i in range(max(48, nq))]), 2)
@@ -416,8 +416,9 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
                                                                           quant_state=q.quant_state))
         att = torch.full((LINEAR_SHAPES["o"][1],), 0.01, device=DEV, dtype=torch.bfloat16)
         act = torch.full((inter,), 0.01, device=DEV, dtype=torch.bfloat16)
-        lo = {"qkv": nk._whole_steps(hid, sb.qkv[1]), "o": nk._whole_steps(LINEAR_SHAPES["o"][1], sb.o[1]),
-              "down": nk._whole_steps(inter, sb.down[1])}  # as the decode step hands them (KitDecoder.lanes)
+        lo = {"qkv": nk.lane_order_applies(hid, sb.qkv[1]),  # as the decode step hands them (KitDecoder.lanes)
+              "o": nk.lane_order_applies(LINEAR_SHAPES["o"][1], sb.o[1]),
+              "down": nk.lane_order_applies(inter, sb.down[1])}
         seq_ours += [
             lambda p=pw: nk.nf4_gemv_launch(x5l if lo["qkv"] else x5, *nk._flat([p["q"], p["k"], p["v"]]), code,
                                             p["q"].code2, [nq_, nk_, nk_], hid, sb.qkv[1], sb.qkv[0], sb.qkv[2],
@@ -467,7 +468,7 @@ torch.cuda.synchronize()
 t = {}
 def first(name, fn):
     a = time.perf_counter(); fn(); torch.cuda.synchronize(); t[name] = round(time.perf_counter() - a, 3)
-L = {name: nk._whole_steps(k_, sp[name][1]) for name, k_ in (("qkv", hid), ("o", nq), ("down", inter))}
+L = {nm: nk.lane_order_applies(k_, sp[nm][1]) for nm, k_ in (("qkv", hid), ("o", nq), ("down", inter))}
 first("gemv q|k|v", lambda: nk.nf4_gemv_launch(x, *nk._flat([W["q"], W["k"], W["v"]]), code, W["q"].code2,
       [64, 64, 64], hid, sp["qkv"][1], sp["qkv"][0], sp["qkv"][2], L["qkv"]))
 parts = torch.randn(sp["qkv"][1], (32 + 16) * hd, device=dev)

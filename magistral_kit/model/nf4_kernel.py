@@ -337,7 +337,7 @@ def lane_order(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, 32, 4, 8).transpose(1, 2).reshape(-1)
 
 
-def _whole_steps(k: int, split: int) -> bool:
+def lane_order_applies(k: int, split: int) -> bool:
     """True when every K split of a length-k product covers whole 1024-element steps (lane order applies)."""
     return k % STEP == 0 and _k_split(k, split) % STEP == 0
 
@@ -355,7 +355,7 @@ def nf4_gemv_launch(x: torch.Tensor, weights: Sequence[torch.Tensor], absmax: Se
     n_total = int(sum(rows))
     k_split = _k_split(k, split)
     split = -(-k // k_split)
-    if lane_x and not _whole_steps(k, split):
+    if lane_x and not lane_order_applies(k, split):
         raise ValueError(f"x in lane order needs K splits of whole {STEP}-element steps (K {k}, {split} splits)")
     out = torch.empty((split, n_total), dtype=torch.float32, device=x.device)
     segs: list[Any] = []
@@ -620,10 +620,10 @@ class KitDecoder:
     def lanes(self) -> dict[str, bool]:
         """Which GEMV inputs travel in lane order (``lane_order``) with the current launch shapes."""
         lay, sp = self.layers[0], self.splits
-        return {"qkv": self.lane_order and _whole_steps(lay.qkv[0].k, sp.qkv[1]),
-                "o": self.lane_order and _whole_steps(lay.o.k, sp.o[1]),
-                "gate_up": self.lane_order and _whole_steps(lay.gate.k, 1),
-                "down": self.lane_order and _whole_steps(lay.down.k, sp.down[1])}
+        return {"qkv": self.lane_order and lane_order_applies(lay.qkv[0].k, sp.qkv[1]),
+                "o": self.lane_order and lane_order_applies(lay.o.k, sp.o[1]),
+                "gate_up": self.lane_order and lane_order_applies(lay.gate.k, 1),
+                "down": self.lane_order and lane_order_applies(lay.down.k, sp.down[1])}
 
     def step(self, ids: torch.Tensor, pos: torch.Tensor, cache: Any) -> torch.Tensor:
         ops = _ops()
