@@ -184,21 +184,22 @@ def nf4_bytes(n: int, k: int) -> int:
     return n * k // 2 + n * k // 64 + 4 * (n * k // 64 // 256)
 
 
-def random_linears(scale_bytes: float = 4e8, max_copies: int = 48) -> dict[str, list[_QLin]]:
-    """Copies of every Magistral linear shape quantized by bitsandbytes (>= ~6x the 60 MB L2 per shape)."""
+def random_nf4(n: int, k: int) -> _QLin:
+    """One random n x k weight quantized by bitsandbytes as the model loader does (NF4, double quant, 64)."""
     import bitsandbytes.functional as bnbf
 
+    w = torch.randn(n, k, device=DEV, dtype=torch.bfloat16) * 0.02
+    q, st = bnbf.quantize_4bit(w, quant_type="nf4", compress_statistics=True, blocksize=64)
+    q.quant_state = st
+    return _QLin(q)
+
+
+def random_linears(scale_bytes: float = 4e8, max_copies: int = 48) -> dict[str, list[_QLin]]:
+    """Copies of every Magistral linear shape quantized by bitsandbytes (>= ~6x the 60 MB L2 per shape)."""
     out: dict[str, list[_QLin]] = {}
     for name, (n, k) in LINEAR_SHAPES.items():
         copies = min(max_copies, max(3, math.ceil(scale_bytes / nf4_bytes(n, k))))
-        lst = []
-        for _ in range(copies):
-            w = torch.randn(n, k, device=DEV, dtype=torch.bfloat16) * 0.02
-            q, st = bnbf.quantize_4bit(w, quant_type="nf4", compress_statistics=True, blocksize=64)
-            q.quant_state = st
-            lst.append(_QLin(q))
-            del w
-        out[name] = lst
+        out[name] = [random_nf4(n, k) for _ in range(copies)]
     torch.cuda.empty_cache()
     return out
 

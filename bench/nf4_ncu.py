@@ -25,7 +25,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-N, K, SPLIT, ROWS = 32768, 5120, 3, 4  # gate, the launch shape the decode step uses (DecodeSplits / sweep)
+SPLIT, ROWS = 3, 4  # gate's launch shape in the decode step's sweep (DecodeSplits)
+N, K = 32768, 5120  # gate (bench/gpu_chat.py LINEAR_SHAPES)
 METRICS = {
     "gpu__time_duration.sum": "duration_us",
     "sm__cycles_elapsed.avg.per_second": "sm_clock_hz",
@@ -45,26 +46,24 @@ METRICS = {
 }
 
 
+# Nsight's units -> the JSON's (durations in µs, clocks in Hz)
+_UNIT = {"nsecond": 1e-3, "ns": 1e-3, "msecond": 1e3, "ms": 1e3, "cycle/nsecond": 1e9, "cycle/ns": 1e9,
+         "cycle/usecond": 1e6, "cycle/us": 1e6}
+
+
 def launch(order: str) -> None:
     """The profiled process: 8 launches over 4 weight copies (ncu takes the 5th)."""
-    import bitsandbytes.functional as bnbf
     import torch
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from gpu_chat import LINEAR_SHAPES, random_nf4
 
     from magistral_kit.model import nf4_kernel as nk
 
-    dev = torch.device("cuda")
-
-    class _Lin(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            q, st = bnbf.quantize_4bit(torch.randn(N, K, device=dev, dtype=torch.bfloat16) * 0.02,
-                                       quant_type="nf4", compress_statistics=True, blocksize=64)
-            q.quant_state = st
-            self.weight, self.bias = q, None
-
-    ws = [nk.nf4_weight(_Lin())[0] for _ in range(4)]
-    code = nk._code_table(dev)
-    x = torch.randn(K, device=dev).to(torch.bfloat16)
+    assert LINEAR_SHAPES["gate"] == (N, K)
+    ws = [nk.nf4_weight(random_nf4(N, K))[0] for _ in range(4)]
+    code = nk._code_table(torch.device("cuda"))
+    x = torch.randn(K, device="cuda").to(torch.bfloat16)
     lane = order == "lane"
     if lane:
         x = nk.lane_order(x)
@@ -81,27 +80,19 @@ def profile(order: str) -> dict[str, Any]:
            "--metrics", ",".join(METRICS), "--csv", "--page", "raw",
            sys.executable, str(Path(__file__).resolve()), "--launch", order]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(REPO))
-    rows = [ln for ln in r.stdout.splitlines() if ln.startswith('"')]
+    return parse_raw(r.stdout) or {"error": (r.stderr or r.stdout)[-800:]}
+
+
+def parse_raw(text: str) -> dict[str, Any]:
+    """METRICS of the first profiled launch in `ncu --csv --page raw` output (names, units, values rows), in
+    the JSON's units; {} when there is no such table."""
+    rows = [ln for ln in text.splitlines() if ln.startswith('"')]
     table = list(csv.reader(io.StringIO("\n".join(rows))))
     if len(table) < 3:
-        return {"error": (r.stderr or r.stdout)[-800:]}
+        return {}
     head, units, vals = table[0], table[1], table[2]
-    out: dict[str, Any] = {}
-    for name, unit, val in zip(head, units, vals):
-        if name in METRICS:
-            v = float(val.replace(",", ""))
-            if unit in ("nsecond", "ns"):
-                v /= 1e3
-            elif unit in ("usecond", "us"):
-                pass
-            elif unit == "msecond":
-                v *= 1e3
-            elif unit in ("cycle/nsecond", "cycle/ns"):
-                v *= 1e9
-            elif unit in ("cycle/usecond",):
-                v *= 1e6
-            out[METRICS[name]] = round(v, 3)
-    return out
+    return {METRICS[name]: round(float(val.replace(",", "")) * _UNIT.get(unit, 1.0), 3)
+            for name, unit, val in zip(head, units, vals) if name in METRICS}
 
 
 def markdown_table(result: dict) -> str:

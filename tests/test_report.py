@@ -43,3 +43,16 @@ def test_no_measured_figure_outside_the_generated_tables(doc):
     text = CODE.sub("", report._BLOCK.sub("", doc.read_text(encoding="utf-8")))
     stray = MEASURED.findall(text)
     assert not stray, f"{doc.name}: figures outside a generated table (move them into a bench results table): {stray}"
+
+
+def test_nsight_units_are_converted() -> None:
+    """bench/nf4_ncu.py reads `ncu --csv --page raw`; Nsight writes durations in ns or µs and clocks in cycle/ns
+    or Hz depending on the magnitude, and the JSON keeps µs and Hz whichever it chose."""
+    ncu = report._module("bench/nf4_ncu.py")
+    head = '"ID","gpu__time_duration.sum","sm__cycles_elapsed.avg.per_second","launch__registers_per_thread"'
+    for dur_unit, dur, clk_unit, clk in (("ns", "56,992", "cycle/ns", "1.50"), ("us", "56.99", "Hz", "1500000000")):
+        text = f'==PROF== noise\n{head}\n"","{dur_unit}","{clk_unit}","register/thread"\n"0","{dur}","{clk}","64"\n'
+        got = ncu.parse_raw(text)
+        assert got == {"duration_us": pytest.approx(56.99, abs=0.01), "sm_clock_hz": pytest.approx(1.5e9),
+                       "registers": 64.0}, (dur_unit, got)
+    assert ncu.parse_raw("==ERROR== no kernels were profiled") == {}
