@@ -553,7 +553,7 @@ def h200_table(result: dict) -> str:
     """README/GPU.md tables (decode paths; NF4 kernels per shape and per layer) from a gpu_chat results JSON."""
     lines = ["| path | kernel | cache | decode tok/s (median of 3) | runs | first call: capture / compile+JIT | "
              "GPU peak | clear-gap argmax agreement |", "|---|---|---|---|---|---|---|---|"]
-    for name in ("plain", "graph", "compiled", "bnb_graph", "bnb_compiled"):
+    for name in ("plain", "graph", "compiled", "graph_sync", "bnb_graph", "bnb_compiled"):
         for cache in ("8k", "32k", "1k"):
             key = f"{name}_{cache}"
             tps = result.get(f"{key}_decode_tok_per_s")
@@ -569,6 +569,7 @@ def h200_table(result: dict) -> str:
             runs = _runs(result.get(f"{key}_decode_tok_per_s_runs", []))
             label = {"plain": "plain `model.generate`", "graph": "fast, CUDA graph",
                      "compiled": "fast, compiled + graph", "bnb_graph": "fast, CUDA graph",
+                     "graph_sync": "fast, CUDA graph, each token read before the next step is queued",
                      "bnb_compiled": "fast, compiled + graph"}[name]
             cache_s = ({"8k": "8,192", "32k": "32,768"}[cache] if name != "plain"
                        else f"dynamic ({ {'1k': '1,024', '8k': '8,000'}[cache]}-token prompt)")
@@ -620,7 +621,7 @@ def h200_table(result: dict) -> str:
         per_tok = [(1e6 / result[f"{keys[label]}_8k_decode_tok_per_s"])
                    if result.get(f"{keys[label]}_8k_decode_tok_per_s") else None for label, _ in profs]
         cells = [f"{t:.0f}" if t else "–" for t in per_tok]
-        lines.append("| measured per token (1 / decode rate); the rest is launch gaps and idle | "
+        lines.append("| measured per token (1 / decode rate); the rest is gaps between kernels | "
                      + " | ".join(cells) + " |")
     cold = result.get("cold_jit")
     if isinstance(cold, dict) and "per_kernel_s" in cold:
@@ -847,6 +848,25 @@ def fast_stages(args: Any, model: Any, cfg: Any, work: Path, runs: int, new_dec:
 
                 log(f"{key}_error", f"{type(exc).__name__}: {str(exc)[:400]} | {traceback.format_exc()[-1200:]}")
     fd.release_runner(model)
+
+    # 5a. the graph path with the host reading each token before it queues the next step (QUEUE_DEPTH 1, the loop
+    # before queuing): what keeping a step queued gains, in the same process
+    if DEV == "cuda":
+        depth, fd.QUEUE_DEPTH = fd.QUEUE_DEPTH, 1
+        try:
+            key = "graph_sync_8k"
+            first = fd.fast_generate(model, p1k, max_new_tokens=new_dec, eos_token_ids=eos, cache_steps=(8192,),
+                                     mode=MODE)
+            log(f"{key}_first_call", first.as_dict())
+            rs = [fd.fast_generate(model, random_prompt(1024, 10 + i), max_new_tokens=new_dec, eos_token_ids=eos,
+                                   cache_steps=(8192,), mode=MODE) for i in range(runs)]
+            log(f"{key}_decode_tok_per_s_runs", [round(r.decode_tok_per_s, 2) for r in rs])
+            log(f"{key}_decode_tok_per_s", med([r.decode_tok_per_s for r in rs], 2))
+        except Exception as exc:
+            log("graph_sync_8k_error", f"{type(exc).__name__}: {str(exc)[:400]}")
+        finally:
+            fd.QUEUE_DEPTH = depth
+            fd.release_runner(model)
 
     # 5b. the same loop with bitsandbytes' kernels (the reference the kit kernels replace) ----------------------
     if DEV == "cuda":

@@ -159,6 +159,54 @@ def test_cache_full_stops_inside_the_largest_step(tiny: MistralForCausalLM) -> N
     assert len(res.ids) == 32 - 20 + 1  # the last token needs no cache slot of its own
 
 
+def test_next_step_is_queued_before_a_token_is_read(tiny: MistralForCausalLM) -> None:
+    """The loop keeps the device busy: step k+1 is already queued when token k reaches the host (streaming, EOS
+    check), never more than QUEUE_DEPTH steps at once, and nothing past max_new_tokens is queued."""
+    events: list[str] = []
+    ids = _prompt(14, seed=21)
+    fd.release_runner(tiny)
+    fast_generate(tiny, ids, max_new_tokens=2, mode="eager", cache_steps=(64,))  # the runner exists now
+    runner = fd.current_runner(tiny)
+    assert runner is not None
+    real_step = runner.step
+
+    def step() -> torch.Tensor:
+        events.append("step")
+        return real_step()
+
+    runner.step = step  # type: ignore[method-assign]
+    try:
+        res = fast_generate(tiny, ids, max_new_tokens=6, mode="eager", cache_steps=(64,),
+                            on_token=lambda t: events.append("token"))
+    finally:
+        del runner.step
+    assert res.reused_runner and len(res.ids) == 6 and res.stop_reason == "max_new_tokens"
+    # token 0 comes from prefill; then two steps queued before the first decoded token is read, one step per
+    # token after that, and the last token is read with nothing left to queue
+    assert events == ["token", "step", "step", "token", "step", "token", "step", "token", "step", "token", "token"]
+    plain = fast_generate(tiny, ids, max_new_tokens=6, mode="auto", cache_steps=(64,))
+    assert plain.path == "generate" and plain.ids == res.ids
+
+
+def test_a_step_queued_past_eos_costs_nothing(tiny: MistralForCausalLM) -> None:
+    """At EOS one more step is already on the device: its token is dropped, and its K/V slot (past the reply)
+    does not change the next turn, which gives what a fresh runner gives."""
+    ids = _prompt(30, seed=22)
+    fd.release_runner(tiny)
+    free = fast_generate(tiny, ids, max_new_tokens=10, mode="eager", cache_steps=(128,))
+    eos = free.ids[3]
+    stop_at = free.ids.index(eos)
+    res = fast_generate(tiny, ids, max_new_tokens=10, mode="eager", cache_steps=(128,), eos_token_ids=[eos])
+    assert res.ids == free.ids[:stop_at + 1] and res.stop_reason == "eos"
+    runner = fd.current_runner(tiny)
+    assert runner is not None and int(runner.pos) == ids.shape[1] + stop_at + 1  # the extra step did run
+    nxt = _prompt(33, seed=23)
+    reused = fast_generate(tiny, nxt, max_new_tokens=8, mode="eager", cache_steps=(128,))
+    fd.release_runner(tiny)
+    fresh = fast_generate(tiny, nxt, max_new_tokens=8, mode="eager", cache_steps=(128,))
+    assert reused.reused_runner and not fresh.reused_runner and reused.ids == fresh.ids
+
+
 def test_streaming_order_and_text(tiny: MistralForCausalLM) -> None:
     seen: list[int] = []
     res = fast_generate(tiny, _prompt(15, seed=10), max_new_tokens=9, mode="eager", cache_steps=(64,),

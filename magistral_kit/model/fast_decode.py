@@ -2,9 +2,10 @@
 
 Why: plain ``model.generate`` on an NF4 Magistral is launch-bound: every token pays for Python and many small
 kernel launches, far more than the 4-bit kernels need (figures: bench/GPU.md, from bench/results/).
-Capturing one decode step as a CUDA graph removes the launch cost; a decode attention that folds the query
-heads of each KV head into one matmul reads the grouped-query cache once instead of copying it 4x
-(``repeat_kv``); ``torch.compile`` inside the graph fuses the small ops that remain.
+Capturing one decode step as a CUDA graph removes the launch cost, and the loop queues the next step before it
+reads the current token, so the GPU does not idle while the host reads, streams and checks a token; a decode
+attention that folds the query heads of each KV head into one matmul reads the grouped-query cache once instead
+of copying it 4x (``repeat_kv``); ``torch.compile`` inside the graph fuses the small ops that remain.
 
 The cache is sized in a few fixed steps (8k, 16k, 32k, the context budget): one runner (cache + captured graph)
 is kept per loaded model and reused across chat turns while the conversation fits, so a turn re-captures
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Literal, Sequence
 
@@ -30,6 +32,7 @@ import torch
 ATTN_NAME = "kit_gqa_decode"
 DEFAULT_CACHE_STEPS: tuple[int, ...] = (8192, 16384, 32768)
 PREFILL_CHUNK = 2048
+QUEUE_DEPTH = 2  # decode steps on the device at once: the next is queued before the current token is read
 SUPPORTED_MODEL_TYPES = ("mistral", "llama")
 
 Mode = Literal["auto", "graph", "eager"]
@@ -219,6 +222,31 @@ class _TokenStreamer:
 
     def end(self) -> None:
         pass
+
+
+class _TokenFetch:
+    """Reads a queued decode step's token back to the host without waiting for the steps queued after it: on
+    CUDA a pinned buffer and an event per slot (the copy is queued right behind the step that made the token);
+    elsewhere a plain read, the device being synchronous."""
+
+    def __init__(self, device: torch.device, slots: int) -> None:
+        self.cuda = device.type == "cuda"
+        self.n = 0
+        self.bufs = [torch.empty(1, dtype=torch.long, pin_memory=True) for _ in range(slots)] if self.cuda else []
+        self.events = [torch.cuda.Event() for _ in range(slots)] if self.cuda else []
+
+    def put(self, tok: torch.Tensor) -> Callable[[], int]:
+        if not self.cuda:
+            return lambda: int(tok.item())
+        buf, event = self.bufs[self.n % len(self.bufs)], self.events[self.n % len(self.events)]
+        self.n += 1
+        buf.copy_(tok.reshape(1), non_blocking=True)
+        event.record()
+
+        def read() -> int:
+            event.synchronize()
+            return int(buf[0])
+        return read
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -474,28 +502,35 @@ def fast_generate(
             runner.ids.fill_(first)
             runner.pos.fill_(pos)
             res.capture_seconds, res.compile_seconds = runner.ensure_graph()
+            fetch = _TokenFetch(device, QUEUE_DEPTH + 1)
+            queued: deque[tuple[Callable[[], int], torch.Tensor | None]] = deque()
             sync()
             t = time.perf_counter()
             while True:
-                if pos >= runner.cache_len:
-                    res.stop_reason = "cache_full"
+                # the next step goes on the device before this one's token is read: the GPU never waits for
+                # the host's per-token work (the read, streaming, the EOS check, the next launch)
+                while (len(queued) < QUEUE_DEPTH and pos < runner.cache_len
+                       and len(res.ids) + len(queued) < max_new_tokens):
+                    logits = runner.step()
+                    tok = _pick(logits, temperature, top_p, generator)
+                    kept = logits.clone() if return_logits else None  # the graph's buffer is reused next step
+                    runner.ids.copy_(tok.view(1, 1))
+                    runner.pos.add_(1)
+                    pos += 1
+                    queued.append((fetch.put(tok), kept))
+                if not queued:
+                    res.stop_reason = "max_new_tokens" if len(res.ids) >= max_new_tokens else "cache_full"
                     break
-                logits = runner.step()
-                tok = _pick(logits, temperature, top_p, generator)
-                runner.ids.copy_(tok.view(1, 1))
-                runner.pos.add_(1)
-                pos += 1
-                nxt = int(tok.item())  # the one host sync per token (needed for EOS and streaming)
-                if return_logits:
-                    res.logits.append(logits[0].cpu())
+                read, kept = queued.popleft()
+                nxt = read()
+                if kept is not None:
+                    res.logits.append(kept[0].cpu())
                 res.ids.append(nxt)
                 if on_token:
                     on_token(nxt)
                 if nxt in eos:
-                    res.stop_reason = "eos"
+                    res.stop_reason = "eos"  # a step queued after it is discarded (its K/V slot is past the reply)
                     break
-                if len(res.ids) >= max_new_tokens:
-                    res.stop_reason = "max_new_tokens"
-                    break
+            sync()  # counted: the device is free again when the call returns
             res.decode_seconds = time.perf_counter() - t
     return res
