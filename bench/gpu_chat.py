@@ -574,7 +574,8 @@ def h200_table(result: dict) -> str:
             cache_s = ({"8k": "8,192", "32k": "32,768"}[cache] if name != "plain"
                        else f"dynamic ({ {'1k': '1,024', '8k': '8,000'}[cache]}-token prompt)")
             lines.append(f"| {label} | {kernel} | {cache_s} | **{tps:.1f}** | {runs} | {cap} | "
-                         f"{_fmt(result.get(f'{key}_gpu_peak_gib'), 2)} GiB | {agree} |")
+                         f"{_fmt(result.get(f'{key}_gpu_peak_gib'), 2)}{' GiB' if result.get(f'{key}_gpu_peak_gib') else ''} | "
+                         f"{agree} |")
     k = result.get("kernels")
     if k:
         lines += ["", "| linear (out × in) | MB read | bitsandbytes µs | GB/s | kit µs (launch) | GB/s | "

@@ -56,3 +56,17 @@ def test_nsight_units_are_converted() -> None:
         assert got == {"duration_us": pytest.approx(56.99, abs=0.01), "sm_clock_hz": pytest.approx(1.5e9),
                        "registers": 64.0}, (dur_unit, got)
     assert ncu.parse_raw("==ERROR== no kernels were profiled") == {}
+
+
+def test_kernel_defaults_are_the_recorded_runs_choice() -> None:
+    """DecodeSplits' and NORM_WARPS' defaults are what the H200 run in bench/results chose and decoded with, so the
+    figures in GPU.md are the code's own (a re-tuned run that is not carried into the defaults fails here)."""
+    import dataclasses
+    import json
+
+    from magistral_kit.model import nf4_kernel as nk
+
+    run = json.loads((REPO_ROOT / "bench" / "results" / "gpu_chat_h200.json").read_text())
+    defaults = {k: list(v) for k, v in dataclasses.asdict(nk.DecodeSplits()).items()}
+    assert defaults == run["decode_splits_used"] == run["kernels"]["splits_best"]
+    assert nk.NORM_WARPS == run["norm_warps_used"]
