@@ -632,8 +632,15 @@ def h200_table(result: dict) -> str:
                   "capture / compile in the first table ran with the kernels already compiled in the process."]
     fast, plain = result.get("chat_fast_turn_s_median"), result.get("chat_plain_turn_s_median")
     if fast is not None:
-        lines += ["", f"Chat turns ({result.get('chat_embedder', 'embedder not recorded')}): fast decode "
-                  f"{fast:.2f} s per turn (median)" + (f" vs plain generate {plain:.2f} s." if plain else ".")]
+        turns = _turns(result, "fast") + _turns(result, "plain")
+        problems = sorted({p_ for t_ in turns for p_ in t_.get("problems", [])})
+        streamed = all(t_.get("streamed_equals_reply") for t_ in turns)
+        lines += ["", f"Chat turns through `open_chat` ({result.get('chat_embedder', 'embedder not recorded')}), "
+                  f"{turns[0].get('tokens_out', '?')} new tokens per reply, streamed"
+                  f"{' (the streamed text equals the reply in every turn)' if streamed else ' (streamed text DIFFERS)'}"
+                  f": fast decode {fast:.2f} s per turn (median, after the first)"
+                  + (f" vs plain generate {plain:.2f} s." if plain else ".")
+                  + (f" Problems the turns reported: {'; '.join(problems)}." if problems else "")]
     return "\n".join(lines) + "\n"
 
 

@@ -597,7 +597,7 @@ class DecodeSplits:
     o: tuple[int, int, int] = (4, 2, 1)
     gate_up: tuple[int, int] = (4, 1)
     down: tuple[int, int, int] = (4, 8, 1)
-    other: tuple[int, int, int] = (8, 5, 1)  # any other linear (the per-linear mode)
+    other: tuple[int, int, int] = (2, 2, 1)  # any other linear (the per-linear mode)
 
 
 DEFAULT_SPLITS = DecodeSplits()
