@@ -573,9 +573,9 @@ def h200_table(result: dict) -> str:
                      "bnb_compiled": "fast, compiled + graph"}[name]
             cache_s = ({"8k": "8,192", "32k": "32,768"}[cache] if name != "plain"
                        else f"dynamic ({ {'1k': '1,024', '8k': '8,000'}[cache]}-token prompt)")
+            peak = result.get(f"{key}_gpu_peak_gib")
             lines.append(f"| {label} | {kernel} | {cache_s} | **{tps:.1f}** | {runs} | {cap} | "
-                         f"{_fmt(result.get(f'{key}_gpu_peak_gib'), 2)}{' GiB' if result.get(f'{key}_gpu_peak_gib') else ''} | "
-                         f"{agree} |")
+                         f"{_fmt(peak, 2)}{' GiB' if peak else ''} | {agree} |")
     k = result.get("kernels")
     if k:
         lines += ["", "| linear (out × in) | MB read | bitsandbytes µs | GB/s | kit µs (launch) | GB/s | "

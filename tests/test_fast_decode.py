@@ -188,6 +188,37 @@ def test_next_step_is_queued_before_a_token_is_read(tiny: MistralForCausalLM) ->
     assert plain.path == "generate" and plain.ids == res.ids
 
 
+@pytest.mark.parametrize("temperature,seed", [(0.0, None), (1.5, 3)])
+def test_queued_loop_gives_the_synchronous_loops_tokens(temperature: float, seed: int | None,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """QUEUE_DEPTH 2 against 1 (read each token before queuing the next): the same tokens, greedy and seeded
+    sampling, with and without an EOS. On the CPU the eager loop; with KIT_TEST_DEVICE=cuda the CUDA-graph loop,
+    whose tokens come back through pinned buffers and events."""
+    import os
+
+    device = os.environ.get("KIT_TEST_DEVICE", "cpu")
+    torch.manual_seed(4)
+    model = _spread(MistralForCausalLM(_tiny_config())).to(device)
+    mode = "graph" if device == "cuda" else "eager"
+    ids = _prompt(26, seed=24)
+    runs = {}
+    for depth in (1, 2):
+        monkeypatch.setattr(fd, "QUEUE_DEPTH", depth)
+        fd.release_runner(model)
+        runs[depth] = fast_generate(model, ids, max_new_tokens=16, mode=mode, cache_steps=(64,),
+                                    temperature=temperature, seed=seed)
+        assert runs[depth].path == mode and runs[depth].stop_reason == "max_new_tokens"
+    assert runs[1].ids == runs[2].ids
+    eos = runs[1].ids[5]
+    stop_at = runs[1].ids.index(eos)
+    for depth in (1, 2):
+        monkeypatch.setattr(fd, "QUEUE_DEPTH", depth)
+        res = fast_generate(model, ids, max_new_tokens=16, mode=mode, cache_steps=(64,), temperature=temperature,
+                            seed=seed, eos_token_ids=[eos])
+        assert res.ids == runs[1].ids[:stop_at + 1] and res.stop_reason == "eos" and res.reused_runner
+    fd.release_runner(model)
+
+
 def test_a_step_queued_past_eos_costs_nothing(tiny: MistralForCausalLM) -> None:
     """At EOS one more step is already on the device: its token is dropped, and its K/V slot (past the reply)
     does not change the next turn, which gives what a fresh runner gives."""

@@ -23,7 +23,8 @@ does the rest of a decode step around the linears in a few fused kernels:
 * ``rope_cache``: sums the q|k|v partials, applies the rotary embedding, writes k and v into the static cache.
 * ``attn_decode``: split-K decode attention over the *filled* part of the cache only (the position is read on
   the device, so the kernel stays capturable in a CUDA graph and costs what the conversation length costs, not
-  the cache size; a fixed number of programs per KV head share those positions), 4 query heads per KV head read each K/V row once; a second kernel merges the splits.
+  the cache size; a fixed number of programs per KV head share those positions), 4 query heads per KV head
+  read each K/V row once; a second kernel merges the splits.
 
 All of them are registered as torch custom ops (``torch.ops.kit_nf4.*``) with fake implementations, so
 ``torch.compile`` keeps the decode step as one graph. bitsandbytes still loads and quantizes the model and runs
