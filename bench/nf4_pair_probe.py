@@ -193,14 +193,14 @@ def markdown_table(result: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "nf4_pair_probe_h200.json"))
-    args = ap.parse_args()
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "nf4_pair_probe_h200.json")
+    out = ap.parse_args().out
+    os.environ.pop("TRITON_INTERPRET", None)  # the Triton GEMV it is compared with runs compiled
     res = measure()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1) + "\n")
     print(markdown_table(res))
 
 
 if __name__ == "__main__":
-    os.environ.pop("TRITON_INTERPRET", None)
     main()
