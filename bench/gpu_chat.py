@@ -700,7 +700,6 @@ def main() -> None:
     import transformers
 
     import magistral_kit
-    from magistral_kit.model import fast_decode as fd
     from magistral_kit.model import nf4_checkpoint as ck
     from magistral_kit.config import KitConfig
 
@@ -796,6 +795,27 @@ def main() -> None:
     fast_stages(args, model, cfg, work, runs, new_dec, eos, p1k, p8k)
 
 
+def timed_decode(model: Any, key: str, p1k: torch.Tensor, new_dec: int, eos: list[int], runs: int, cache: int,
+                 compile: bool = False, check: bool = True, expect_path: str | None = None) -> None:
+    """One decode configuration: a first call (capture / compile; checked against one eager forward if asked),
+    then ``runs`` calls on fresh prompts reusing its runner; logs ``<key>_first_call``,
+    ``<key>_check_vs_eager_forward``, ``<key>_decode_tok_per_s_runs`` and ``<key>_decode_tok_per_s``."""
+    from magistral_kit.model import fast_decode as fd
+
+    first = fd.fast_generate(model, p1k, max_new_tokens=new_dec, eos_token_ids=eos, cache_steps=(cache,),
+                             compile=compile, mode=MODE, return_logits=check)
+    log(f"{key}_first_call", first.as_dict())
+    if check:
+        log(f"{key}_check_vs_eager_forward", check_against_forward(model, p1k, first))
+    rs = [fd.fast_generate(model, random_prompt(1024, 10 + i), max_new_tokens=new_dec, eos_token_ids=eos,
+                           cache_steps=(cache,), compile=compile, mode=MODE) for i in range(runs)]
+    if expect_path is not None:
+        assert all(r.reused_runner and r.capture_seconds == 0 and r.path == expect_path for r in rs), \
+            [r.as_dict() for r in rs]
+    log(f"{key}_decode_tok_per_s_runs", [round(r.decode_tok_per_s, 2) for r in rs])
+    log(f"{key}_decode_tok_per_s", med([r.decode_tok_per_s for r in rs], 2))
+
+
 def fast_stages(args: Any, model: Any, cfg: Any, work: Path, runs: int, new_dec: int, eos: list[int],
                 p1k: torch.Tensor | None = None, p8k: torch.Tensor | None = None) -> None:
     """Kernel comparison on the model's own weights, fast decode paths, bitsandbytes reference, profile, chat."""
@@ -826,17 +846,8 @@ def fast_stages(args: Any, model: Any, cfg: Any, work: Path, runs: int, new_dec:
             fd.release_runner(model)
             reset_peak()
             try:
-                first = fd.fast_generate(model, p1k, max_new_tokens=new_dec, eos_token_ids=eos,
-                                         cache_steps=(cache,), compile=comp, mode=MODE, return_logits=True)
-                log(f"{key}_first_call", first.as_dict())
-                log(f"{key}_check_vs_eager_forward", check_against_forward(model, p1k, first))
-                rs = [fd.fast_generate(model, random_prompt(1024, 10 + i), max_new_tokens=new_dec,
-                                       eos_token_ids=eos, cache_steps=(cache,), compile=comp, mode=MODE)
-                      for i in range(runs)]
-                assert all(r.reused_runner and r.capture_seconds == 0 and r.path == (name if MODE == "graph" else "eager") for r in rs), \
-                    [r.as_dict() for r in rs]
-                log(f"{key}_decode_tok_per_s_runs", [round(r.decode_tok_per_s, 2) for r in rs])
-                log(f"{key}_decode_tok_per_s", med([r.decode_tok_per_s for r in rs], 2))
+                timed_decode(model, key, p1k, new_dec, eos, runs, cache, comp,
+                             expect_path=name if MODE == "graph" else "eager")
                 log(f"{key}_captures", fd.current_runner(model).captures)
                 if cache == 8192:
                     pf = {}
@@ -862,14 +873,7 @@ def fast_stages(args: Any, model: Any, cfg: Any, work: Path, runs: int, new_dec:
     if DEV == "cuda":
         depth, fd.QUEUE_DEPTH = fd.QUEUE_DEPTH, 1
         try:
-            key = "graph_sync_8k"
-            first = fd.fast_generate(model, p1k, max_new_tokens=new_dec, eos_token_ids=eos, cache_steps=(8192,),
-                                     mode=MODE)
-            log(f"{key}_first_call", first.as_dict())
-            rs = [fd.fast_generate(model, random_prompt(1024, 10 + i), max_new_tokens=new_dec, eos_token_ids=eos,
-                                   cache_steps=(8192,), mode=MODE) for i in range(runs)]
-            log(f"{key}_decode_tok_per_s_runs", [round(r.decode_tok_per_s, 2) for r in rs])
-            log(f"{key}_decode_tok_per_s", med([r.decode_tok_per_s for r in rs], 2))
+            timed_decode(model, "graph_sync_8k", p1k, new_dec, eos, runs, 8192, check=False)
         except Exception as exc:
             log("graph_sync_8k_error", f"{type(exc).__name__}: {str(exc)[:400]}")
         finally:
@@ -880,20 +884,11 @@ def fast_stages(args: Any, model: Any, cfg: Any, work: Path, runs: int, new_dec:
     if DEV == "cuda":
         os.environ[nk.ENV_DISABLE] = "0"
         try:
-            for name, comp in [("bnb_graph", False)]:
-                key = f"{name}_8k"
-                fd.release_runner(model)
-                reset_peak()
-                first = fd.fast_generate(model, p1k, max_new_tokens=new_dec, eos_token_ids=eos, cache_steps=(8192,),
-                                         compile=comp, mode=MODE, return_logits=True)
-                log(f"{key}_first_call", first.as_dict())
-                log(f"{key}_check_vs_eager_forward", check_against_forward(model, p1k, first))
-                rs = [fd.fast_generate(model, random_prompt(1024, 10 + i), max_new_tokens=new_dec, eos_token_ids=eos,
-                                       cache_steps=(8192,), compile=comp, mode=MODE) for i in range(runs)]
-                log(f"{key}_decode_tok_per_s_runs", [round(r.decode_tok_per_s, 2) for r in rs])
-                log(f"{key}_decode_tok_per_s", med([r.decode_tok_per_s for r in rs], 2))
-                log(f"{key}_gpu_peak_gib", peak())
-                log("profile_bnb_graph_8k", profile_step(model, 8192))
+            fd.release_runner(model)
+            reset_peak()
+            timed_decode(model, "bnb_graph_8k", p1k, new_dec, eos, runs, 8192)
+            log("bnb_graph_8k_gpu_peak_gib", peak())
+            log("profile_bnb_graph_8k", profile_step(model, 8192))
         except Exception as exc:
             log("bnb_graph_8k_error", f"{type(exc).__name__}: {str(exc)[:400]}")
         finally:

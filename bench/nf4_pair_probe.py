@@ -50,32 +50,16 @@ def compile_cubin() -> tuple[bytes, str]:
 
 
 def loop_instructions(cubin: bytes, rows: int) -> dict[str, Any]:
-    """Machine instructions per weight in the kernel's K loop (the backward branch whose body holds the table
-    loads), counted in Triton's bundled cuobjdump disassembly."""
-    import collections
+    """Machine instructions per weight in the kernel's K loop (the loop that holds the table loads), counted by
+    bench/nf4_sass.py's disassembly of the probe's cubin."""
+    from nf4_sass import cubin_loops
 
-    import triton
-
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "probe.cubin"
-        path.write_bytes(cubin)
-        sass = subprocess.run([tool, "-sass", "-fun", f"nf4_h3_r{rows}", str(path)], capture_output=True,
-                              text=True, check=True).stdout
-    ins = [(int(m.group(1), 16), m.group(2).strip()) for m in
-           (re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line) for line in sass.splitlines()) if m]
-    best: list[str] | None = None
-    for addr, text in ins:
-        m = re.search(r"BRA\s+(?:`\()?(0x[0-9a-f]+)", text)
-        if m and int(m.group(1), 16) < addr:
-            body = [t for a, t in ins if int(m.group(1), 16) <= a <= addr]
-            if any(t.startswith("LDS") for t in body) and (best is None or len(body) < len(best)):
-                best = body
-    if best is None:
+    loops = [ops for ops in cubin_loops(cubin, f"nf4_h3_r{rows}")["loops"] if ops.get("LDS")]
+    if not loops:
         return {"error": "no K loop found"}
-    ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0] for t in best)
+    ops = min(loops, key=lambda o: sum(o.values()))
     weights = rows * 32
-    return {"per_weight": round(len(best) / weights, 2),
+    return {"per_weight": round(sum(ops.values()) / weights, 2),
             "by_opcode_per_weight": {k: round(v / weights, 2) for k, v in ops.most_common(8)}}
 
 

@@ -69,12 +69,21 @@ def compile_gemv(block_rows: int, gate_up: bool = False) -> Any:
 
 
 def loop_stats(kernel: Any) -> dict[str, Any]:
-    """Instruction counts of each backward-branching loop of the kernel's SASS, and its registers."""
+    """Instruction counts of each backward-branching loop of a compiled Triton kernel's SASS, and its registers."""
+    return cubin_loops(kernel.asm["cubin"])
+
+
+def cubin_loops(cubin: bytes, function: str | None = None) -> dict[str, Any]:
+    """Instruction counts of each backward-branching loop in a cubin's SASS, and the registers: of the whole
+    cubin, or of one of its functions (bench/nf4_pair_probe.py compiles several into one)."""
     with tempfile.TemporaryDirectory() as d:
-        cubin = Path(d) / "k.cubin"
-        cubin.write_bytes(kernel.asm["cubin"])
-        sass = subprocess.run([_bin("nvdisasm"), "-c", str(cubin)], capture_output=True, text=True, check=True).stdout
-        res = subprocess.run([_bin("cuobjdump"), "-res-usage", str(cubin)], capture_output=True, text=True).stdout
+        path = Path(d) / "k.cubin"
+        path.write_bytes(cubin)
+        sass = subprocess.run([_bin("nvdisasm"), "-c", str(path)], capture_output=True, text=True, check=True).stdout
+        res = subprocess.run([_bin("cuobjdump"), "-res-usage", str(path)], capture_output=True, text=True).stdout
+    if function is not None:  # that function's section of the disassembly, and its line of the resource report
+        sass = sass.split(f".section\t.text.{function},", 1)[1].split(".section\t.text.", 1)[0]
+        res = res.split(f"Function {function}:", 1)[1]
     lines, labels, loops = sass.splitlines(), {}, []
     for n, line in enumerate(lines):
         m = re.match(r"^(\.L_x_\d+):", line)

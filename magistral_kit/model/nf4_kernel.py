@@ -333,9 +333,15 @@ def lane_order(x: torch.Tensor) -> torch.Tensor:
     32 elements lane t multiplies (t*32 .. t*32+31) are spread as 4 runs of 8 at t*8 + c*256, so that each of the
     lane's four 16-byte loads is one 512-byte contiguous read of the whole warp. The decode step's producers
     (add + RMSNorm, attention, gate|up) store their outputs this way when the consumer reads whole steps."""
-    if x.numel() % STEP:
-        raise ValueError(f"lane order needs a length that is a multiple of {STEP}, got {x.numel()}")
+    _whole_steps(x.numel())
     return x.reshape(-1, 32, 4, 8).transpose(1, 2).reshape(-1)
+
+
+def _whole_steps(*lengths: int) -> None:
+    """Lane order is defined per 1024-element step: refuse a vector that is not whole steps, saying which."""
+    if any(n % STEP for n in lengths):
+        raise ValueError(f"lane order needs each length to be a multiple of {STEP}, got "
+                         f"{', '.join(map(str, lengths))}")
 
 
 def lane_order_applies(k: int, split: int) -> bool:
@@ -384,8 +390,7 @@ def nf4_gate_up_launch(x: torch.Tensor, weights: Sequence[torch.Tensor], absmax:
                        lane_x: bool = False, lane_out: bool = False) -> torch.Tensor:
     """bf16 silu(x @ gate^T) * (x @ up^T); ``lane_x`` / ``lane_out``: x is / the output is stored in lane order."""
     _need_triton()
-    if (lane_x and k % STEP) or (lane_out and n % STEP):
-        raise ValueError(f"lane order needs lengths that are multiples of {STEP} (K {k}, N {n})")
+    _whole_steps(*([k] if lane_x else []), *([n] if lane_out else []))
     out = torch.empty((n,), dtype=torch.bfloat16, device=x.device)
     even = n % block_rows == 0 and k % STEP == 0
     _nf4_gate_up_kernel[(-(-n // block_rows),)](x, out, code, code2, weights[0], absmax[0], absmax2[0], offsets[0],
@@ -400,8 +405,8 @@ def add_rmsnorm_launch(res: torch.Tensor, parts: torch.Tensor | None, weight: to
     """(x, h): h = res + the summed partials, x = RMSNorm(h) (in lane order with ``lane_out``)."""
     _need_triton()
     h_dim = res.numel()
-    if lane_out and h_dim % STEP:
-        raise ValueError(f"lane order needs a length that is a multiple of {STEP}, got {h_dim}")
+    if lane_out:
+        _whole_steps(h_dim)
     x = torch.empty_like(res)
     h = torch.empty_like(res)
     s = 0 if parts is None else parts.shape[0]
@@ -427,6 +432,8 @@ def attn_decode_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
     _need_triton()
     n_kv, length, d = k_cache.shape[-3], k_cache.shape[-2], k_cache.shape[-1]
     g = n_heads // n_kv
+    if lane_out:
+        _whole_steps(n_heads * d)
     n_split = max(1, min(ATTN_SPLITS, -(-length // ATTN_CHUNK)))
     dev = q.device
     m = torch.empty((n_kv * n_split * g,), dtype=torch.float32, device=dev)
@@ -435,8 +442,6 @@ def attn_decode_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
     _attn_split_kernel[(n_kv, n_split)](q, k_cache, v_cache, pos, m, l_, acc, length, n_split, float(scale),
                                         G=g, GP=max(16, triton.next_power_of_2(g)), D=d, CH=ATTN_CHUNK,
                                         num_warps=4)
-    if lane_out and (n_heads * d) % STEP:
-        raise ValueError(f"lane order needs a length that is a multiple of {STEP}, got {n_heads * d}")
     out = torch.empty((n_heads * d,), dtype=torch.bfloat16, device=dev)
     _attn_merge_kernel[(n_heads,)](m, l_, acc, pos, out, n_split, G=g, D=d, CH=ATTN_CHUNK,
                                    BS=min(64, triton.next_power_of_2(n_split)), OL=lane_out, num_warps=1)
