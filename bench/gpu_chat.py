@@ -439,7 +439,86 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
                     "ours_gbs": round(layer_bytes / 1e3 / ours_layer, 1),
                     "bnb_gbs": round(layer_bytes / 1e3 / bnb_layer, 1)}
     log("kernel_layer", out["layer"])
+    out["pair"] = pair_bench(lins, out, quick)
+    return out
 
+
+def pair_bench(lins: dict[str, list[_QLin]], triton: dict[str, Any], quick: bool = False) -> dict[str, Any]:
+    """The CUDA GEMV (magistral_kit/model/nf4_cuda.py) on the same weights: error per shape against the fp32
+    reference, a sweep of launch shapes (rows per warp, K splits, blocks per SM) for each of the decode step's
+    four launches, and one layer's linears in sequence with the best of each (down's K splits priced with the
+    add + RMSNorm that reads its partial sums, as for the Triton GEMV)."""
+    import bitsandbytes.functional as bnbf
+
+    from magistral_kit.model import nf4_cuda as nc
+    from magistral_kit.model import nf4_kernel as nk
+
+    kern, why = nc.load(torch.device(DEV))
+    if kern is None:
+        log("kernel_pair_error", why)
+        return {"error": why}
+    ws = {name: [nk.nf4_weight(q)[0] for q in lst] for name, lst in lins.items()}
+    g = torch.Generator(device=DEV).manual_seed(1)
+    (nq_, hid), nkv_, inter = LINEAR_SHAPES["q"], LINEAR_SHAPES["k"][0], LINEAR_SHAPES["gate"][0]
+    ko = LINEAR_SHAPES["o"][1]
+    xs = {k_: nk.lane_order((torch.randn(k_, device=DEV, generator=g) * 0.5).to(torch.bfloat16))
+          for k_ in {hid, ko, inter}}
+    out: dict[str, Any] = {"cubin_bytes": len(kern.cubin), "sms": kern.sms, "err": {}}
+    for name, (n, k) in LINEAR_SHAPES.items():
+        q0 = lins[name][0].weight
+        x = xs[k]
+        xn = x.reshape(-1, 32, 4, 8).transpose(1, 2).reshape(-1)  # natural order, for the reference
+        ref = bnbf.dequantize_4bit(q0, q0.quant_state).float() @ xn.float()
+        mine = kern.gemv(x, [ws[name][0]], 1 if k % 2048 else 2, 4, 2).sum(0)
+        out["err"][name] = round(float((mine - ref).abs().max()) / float(ref.abs().max()), 5)
+    nl = min(40, max(len(v) for v in ws.values()))
+
+    def rot(name: str, i: int) -> nk.NF4Weight:
+        return ws[name][i % len(ws[name])]
+
+    rows = (4, 8) if quick else nc.GEMV_ROWS
+    per_sm = (2,) if quick else (1, 2, 3)
+    launches = {
+        "qkv": (rows, (1, 5), lambda i, r, sp, b: kern.gemv(xs[hid], [rot("q", i), rot("k", i), rot("v", i)], sp, r,
+                                                                b)),
+        "o": (rows, (1, 2, 4), lambda i, r, sp, b: kern.gemv(xs[ko], [rot("o", i)], sp, r, b)),
+        "gate_up": (nc.GATE_UP_ROWS, (1,), lambda i, r, sp, b: kern.gate_up(xs[hid], rot("gate", i), rot("up", i), r,
+                                                                             b, True)),
+        "down": (rows, (2, 4, 8) if quick else (1, 2, 4, 8, 16), lambda i, r, sp, b: kern.gemv(xs[inter],
+                                                                                               [rot("down", i)], sp,
+                                                                                               r, b)),
+    }
+    norm = triton.get("add_rmsnorm", {})
+    norm_us = {s_: norm.get("variants", {}).get(f"s{s_}_w{norm.get('warps_best', 16)}", 0.0) for s_ in (1, 2, 4, 8, 16)}
+    best: dict[str, Any] = {}
+    for name, (rs, sps, call) in launches.items():
+        variants = {}
+        for r in rs:
+            for sp in sps:
+                for b in per_sm:
+                    variants[f"r{r}_s{sp}_b{b}"] = round(graph_us([
+                        (lambda i=i, r=r, sp=sp, b=b: call(i, r, sp, b)) for i in range(max(nl, 48))]), 2)
+        # down's (and o's) partial sums are read by the add + RMSNorm: price the split with it
+        cost = {v: us + (norm_us.get(int(v.split("_s")[1].split("_")[0]), 0.0) if name in ("o", "down") else 0.0)
+                for v, us in variants.items()}
+        pick_v = min(cost, key=cost.get)
+        out[name] = {"variants": variants, "best": pick_v, "us": variants[pick_v]}
+        r, sp, b = (int(p_[1:]) for p_ in pick_v.split("_"))
+        best[name] = [r, b] if name == "gate_up" else [r, sp, b]
+        log(f"kernel_pair_{name}", {k_: v_ for k_, v_ in out[name].items() if k_ != "variants"})
+    out["launch_best"] = best
+    seq = []
+    for i in range(nl):
+        for name, (_, _, call) in launches.items():
+            r, *rest = best[name]
+            sp, b = (1, rest[0]) if name == "gate_up" else rest
+            seq.append(lambda i=i, call=call, r=r, sp=sp, b=b: call(i, r, sp, b))
+    layer_us = graph_us(seq) * 4
+    layer_bytes = sum(nf4_bytes(n, k) for n, k in LINEAR_SHAPES.values())
+    out["layer"] = {"layers_rotated": nl, "us": round(layer_us, 1), "gbs": round(layer_bytes / 1e3 / layer_us, 1),
+                    "triton_us": triton.get("layer", {}).get("ours_us")}
+    log("kernel_pair_layer", out["layer"])
+    log("kernel_pair_err", out["err"])
     return out
 
 
@@ -830,6 +909,10 @@ def fast_stages(args: Any, model: Any, cfg: Any, work: Path, runs: int, new_dec:
             log("kernels", kb)
             nk.DEFAULT_SPLITS = nk.DecodeSplits(**{k_: tuple(v_) for k_, v_ in kb["splits_best"].items()})
             nk.NORM_WARPS = kb["add_rmsnorm"]["warps_best"]
+            if "launch_best" in kb.get("pair", {}):
+                from magistral_kit.model import nf4_cuda as nc
+
+                nc.DEFAULT_LAUNCH = nc.PairLaunch(**{k_: tuple(v_) for k_, v_ in kb["pair"]["launch_best"].items()})
             log("cold_jit", cold_jit(nk.DEFAULT_SPLITS))
         except Exception as exc:
             import traceback
@@ -837,6 +920,9 @@ def fast_stages(args: Any, model: Any, cfg: Any, work: Path, runs: int, new_dec:
             log("kernels_error", f"{type(exc).__name__}: {str(exc)[:300]} | {traceback.format_exc()[-800:]}")
     log("decode_splits_used", dict(nk.DEFAULT_SPLITS.__dict__))
     log("norm_warps_used", nk.NORM_WARPS)
+    from magistral_kit.model import nf4_cuda as nc
+
+    log("pair_launch_used", dict(nc.DEFAULT_LAUNCH.__dict__))
 
     # 5. fast paths ----------------------------------------------------------------------------------------------
     variants = [("graph", False)] + ([] if args.no_compile else [("compiled", True)])
@@ -878,6 +964,19 @@ def fast_stages(args: Any, model: Any, cfg: Any, work: Path, runs: int, new_dec:
             log("graph_sync_8k_error", f"{type(exc).__name__}: {str(exc)[:400]}")
         finally:
             fd.QUEUE_DEPTH = depth
+            fd.release_runner(model)
+
+    # 5a'. the graph path with the Triton GEMV for the linears (MAGISTRAL_KIT_NF4_KERNEL=triton): what the CUDA
+    # GEMV gains in the whole decode step, in the same process
+    if DEV == "cuda":
+        os.environ[nk.ENV_DISABLE] = "triton"
+        try:
+            fd.release_runner(model)
+            timed_decode(model, "graph_triton_8k", p1k, new_dec, eos, runs, 8192, check=False)
+        except Exception as exc:
+            log("graph_triton_8k_error", f"{type(exc).__name__}: {str(exc)[:400]}")
+        finally:
+            os.environ.pop(nk.ENV_DISABLE, None)
             fd.release_runner(model)
 
     # 5b. the same loop with bitsandbytes' kernels (the reference the kit kernels replace) ----------------------

@@ -81,7 +81,13 @@ def pytest_report_header(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Without LoCoMo data, deselect the `locomo` tests unless they were asked for with -m (then they fail)."""
+    """Without LoCoMo data, deselect the `locomo` tests unless they were asked for with -m (then they fail).
+    Without KIT_TEST_DEVICE=cuda, deselect the `gpu` tests (they run on the GPU machine; see bench/GPU.md)."""
+    if os.environ.get("KIT_TEST_DEVICE", "cpu") != "cuda":
+        on_gpu = [item for item in items if item.get_closest_marker("gpu")]
+        if on_gpu:
+            items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+            config.hook.pytest_deselected(items=on_gpu)
     if _locomo_found() is not None or "locomo" in (config.getoption("markexpr") or ""):
         return
     needs = [item for item in items if item.get_closest_marker("locomo")]

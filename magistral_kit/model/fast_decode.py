@@ -129,6 +129,7 @@ class FastResult:
     reused_runner: bool = False
     kernel: str = ""  # what ran the decode step's linears: "kit-nf4" or "bitsandbytes"
     kernel_reason: str = ""  # why the kit's NF4 kernels were not used ("" when they were)
+    gemv: str = ""  # with the kit's kernels: which GEMV ran the linears (CUDA or Triton) and why
     logits: list[torch.Tensor] = field(default_factory=list, repr=False)  # per step, only if asked (tests)
 
     @property
@@ -147,7 +148,7 @@ class FastResult:
             "prefill_seconds": round(self.prefill_seconds, 4), "decode_seconds": round(self.decode_seconds, 4),
             "decode_tok_per_s": round(self.decode_tok_per_s, 2), "capture_seconds": round(self.capture_seconds, 3),
             "compile_seconds": round(self.compile_seconds, 3), "reused_runner": self.reused_runner,
-            "kernel": self.kernel, "kernel_reason": self.kernel_reason,
+            "kernel": self.kernel, "kernel_reason": self.kernel_reason, "gemv": self.gemv,
         }
 
 
@@ -480,7 +481,8 @@ def fast_generate(
         res = FastResult(ids=[], path=("compiled" if runner.compile else "graph") if use_graph else "eager",
                          prompt_tokens=n_prompt, cache_len=runner.cache_len, reused_runner=reused,
                          kernel="kit-nf4" if runner.kit is not None else "bitsandbytes",
-                         kernel_reason=runner.kit_reason)
+                         kernel_reason=runner.kit_reason,
+                         gemv=getattr(runner.kit, "gemv_note", "") if runner.kit is not None else "")
         sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
         sync()
         t = time.perf_counter()

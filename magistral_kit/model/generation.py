@@ -180,6 +180,8 @@ def _fast_decode(lm: Any, input_ids: Any, attention_mask: Any, limit: int, sampl
             f"{res.decode_tok_per_s:.1f} tok/s")
     if res.capture_seconds or res.compile_seconds:
         note += f"; one-time capture {res.capture_seconds:.1f} s, compile {res.compile_seconds:.1f} s"
+    if res.gemv:
+        note += f"; NF4 linears: {res.gemv}"
     notes = [note]
     if res.kernel_reason:
         notes.append(f"NF4 decode kernel not used ({res.kernel or 'bitsandbytes'} decodes): {res.kernel_reason}")

@@ -622,9 +622,14 @@ class KitDecoder:
     code: torch.Tensor
     splits: DecodeSplits = field(default_factory=lambda: DEFAULT_SPLITS)
     lane_order: bool = True  # producers store x in lane order where the consumer reads whole steps
+    pair: Any = None  # nf4_cuda's kernels (CUDA C++ GEMVs) when they cover this model, else the Triton GEMVs run
+    pair_launch: Any = None  # nf4_cuda.PairLaunch for them
+    gemv_note: str = "Triton GEMV"  # which GEMV runs the linears, and why (shown in the decode diagnostics)
 
     def lanes(self) -> dict[str, bool]:
         """Which GEMV inputs travel in lane order (``lane_order``) with the current launch shapes."""
+        if self.pair is not None:  # the CUDA GEMV reads x in lane order only (prepare_decode checked it applies)
+            return dict.fromkeys(("qkv", "o", "gate_up", "down"), True)
         lay, sp = self.layers[0], self.splits
         return {"qkv": self.lane_order and lane_order_applies(lay.qkv[0].k, sp.qkv[1]),
                 "o": self.lane_order and lane_order_applies(lay.o.k, sp.o[1]),
@@ -642,6 +647,8 @@ class KitDecoder:
         sp = self.splits
         scale = self.head_dim ** -0.5
         lane = self.lanes()
+        if self.pair is not None:
+            return self._pair_step(emb, cos, sin, pos, cache)
         for i, lay in enumerate(self.layers):
             kc, vc = cache.layers[i].keys, cache.layers[i].values
             x, res = ops.add_rmsnorm(res, parts, lay.ln1, self.eps, lane["qkv"])
@@ -657,6 +664,29 @@ class KitDecoder:
             parts = ops.gemv(act, *_flat([lay.down]), self.code, lay.down.code2, [lay.down.n], lay.down.k,
                              sp.down[1], sp.down[0], sp.down[2], lane["down"])
         x, res = ops.add_rmsnorm(res, parts, base.norm.weight, self.eps)
+        logits = self.model.lm_head(x.view(1, 1, -1))
+        return logits[:, -1, :].float()
+
+    def _pair_step(self, emb: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor,
+                   cache: Any) -> torch.Tensor:
+        """``step`` with the linears on nf4_cuda's GEMVs (every GEMV input in lane order)."""
+        ops = _ops()
+        res, parts, pl = emb.reshape(-1), None, self.pair_launch
+        scale = self.head_dim ** -0.5
+        for i, lay in enumerate(self.layers):
+            kc, vc = cache.layers[i].keys, cache.layers[i].values
+            x, res = ops.add_rmsnorm(res, parts, lay.ln1, self.eps, True)
+            qkv = ops.pair_gemv(x, *_flat(lay.qkv), lay.qkv[0].code2, [w.n for w in lay.qkv], lay.qkv[0].k,
+                                pl.qkv[1], pl.qkv[0], pl.qkv[2])
+            q = ops.rope_cache(qkv, cos, sin, pos, kc, vc, self.n_heads, self.n_kv, self.head_dim)
+            att = ops.attn_decode(q, kc, vc, pos, self.n_heads, scale, True)
+            parts = ops.pair_gemv(att, *_flat([lay.o]), lay.o.code2, [lay.o.n], lay.o.k, pl.o[1], pl.o[0], pl.o[2])
+            x, res = ops.add_rmsnorm(res, parts, lay.ln2, self.eps, True)
+            act = ops.pair_gate_up(x, *_flat([lay.gate, lay.up]), lay.gate.code2, lay.gate.n, lay.gate.k,
+                                   pl.gate_up[0], pl.gate_up[1], True)
+            parts = ops.pair_gemv(act, *_flat([lay.down]), lay.down.code2, [lay.down.n], lay.down.k, pl.down[1],
+                                  pl.down[0], pl.down[2])
+        x, res = ops.add_rmsnorm(res, parts, self.model.model.norm.weight, self.eps)
         logits = self.model.lm_head(x.view(1, 1, -1))
         return logits[:, -1, :].float()
 
@@ -757,4 +787,27 @@ def prepare_decode(model: torch.nn.Module, allow_cpu: bool = False) -> tuple[Kit
             lins += [(a_.q_proj, lay.qkv[0]), (a_.k_proj, lay.qkv[1]), (a_.v_proj, lay.qkv[2]), (a_.o_proj, lay.o),
                      (m_.gate_proj, lay.gate), (m_.up_proj, lay.up), (m_.down_proj, lay.down)]
         return LinearsDecoder(model, lins, _code_table(dev)), ""
-    return KitDecoder(model, out, n_heads, n_kv, head_dim, eps, _code_table(dev)), ""
+    dec = KitDecoder(model, out, n_heads, n_kv, head_dim, eps, _code_table(dev))
+    dec.pair, dec.pair_launch, dec.gemv_note = _pair_kernels(out[0], dev)
+    return dec, ""
+
+
+def _pair_kernels(lay: _Layer, dev: torch.device) -> tuple[Any, Any, str]:
+    """nf4_cuda's GEMVs for this model's decode step (kernels, launch shapes, note), or (None, None, why the
+    Triton GEMVs run instead). ``MAGISTRAL_KIT_NF4_KERNEL=triton`` asks for the Triton ones."""
+    from magistral_kit.model import nf4_cuda
+
+    if os.environ.get(ENV_DISABLE, "").strip().lower() == "triton":
+        return None, None, f"Triton GEMV ({ENV_DISABLE}=triton)"
+    launch = nf4_cuda.DEFAULT_LAUNCH
+    for name, k, split in (("q|k|v", lay.qkv[0].k, launch.qkv[1]), ("o", lay.o.k, launch.o[1]),
+                           ("gate|up", lay.gate.k, 1), ("down", lay.down.k, launch.down[1])):
+        why = nf4_cuda.supports(k, split)
+        if why:
+            return None, None, f"Triton GEMV (CUDA GEMV does not cover {name}: {why})"
+    if lay.gate.n % STEP:
+        return None, None, f"Triton GEMV (CUDA GEMV: intermediate size {lay.gate.n} is not whole {STEP}-steps)"
+    kernels, why = nf4_cuda.load(dev)
+    if kernels is None:
+        return None, None, f"Triton GEMV ({why})"
+    return kernels, launch, f"CUDA GEMV ({nf4_cuda.SOURCE.name})"
