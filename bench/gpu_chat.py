@@ -467,7 +467,7 @@ def pair_bench(lins: dict[str, list[_QLin]], triton: dict[str, Any], quick: bool
     for name, (n, k) in LINEAR_SHAPES.items():
         q0 = lins[name][0].weight
         x = xs[k]
-        xn = x.reshape(-1, 32, 4, 8).transpose(1, 2).reshape(-1)  # natural order, for the reference
+        xn = x.reshape(-1, 4, 32, 8).transpose(1, 2).reshape(-1)  # back to natural order, for the reference
         ref = bnbf.dequantize_4bit(q0, q0.quant_state).float() @ xn.float()
         mine = kern.gemv(x, [ws[name][0]], 1 if k % 2048 else 2, 4, 2).sum(0)
         out["err"][name] = round(float((mine - ref).abs().max()) / float(ref.abs().max()), 5)
@@ -476,7 +476,7 @@ def pair_bench(lins: dict[str, list[_QLin]], triton: dict[str, Any], quick: bool
     def rot(name: str, i: int) -> nk.NF4Weight:
         return ws[name][i % len(ws[name])]
 
-    rows = (4, 8) if quick else nc.GEMV_ROWS
+    rows = (4,) if quick else nc.GEMV_ROWS
     per_sm = (2,) if quick else (1, 2, 3)
     launches = {
         "qkv": (rows, (1, 5), lambda i, r, sp, b: kern.gemv(xs[hid], [rot("q", i), rot("k", i), rot("v", i)], sp, r,

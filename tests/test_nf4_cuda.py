@@ -58,8 +58,8 @@ def test_reference_is_within_bitsandbytes_error(rows: tuple[int, ...], k: int, s
     parts = nc.reference_gemv(nk.lane_order(x), ws, split)
     assert parts.shape == (split, sum(rows)) and parts.dtype == np.float32
     y = torch.from_numpy(parts.sum(0))
-    exact = torch.cat([w.lin.exact(x) for w in ws])
-    theirs = torch.cat([w.lin.reference(x) for w in ws])
+    exact = torch.cat([w.lin.exact(x) for w in ws]).cpu()
+    theirs = torch.cat([w.lin.reference(x) for w in ws]).cpu()
     err = float((y - exact).abs().max())
     bnb_err = float((theirs - exact).abs().max())
     assert 0 < err <= bnb_err, (err, bnb_err)
@@ -74,12 +74,12 @@ def test_reference_scales_large_activations_instead_of_overflowing() -> None:
     bits = nc._natural(nk.lane_order(x))
     assert nc.x_shift(bits) > 0 and nc.x_shift(nc._natural(nk.lane_order(_x(2048, seed=1)))) == 0
     y = torch.from_numpy(nc.reference_gemv(nk.lane_order(x), [w])[0])
-    exact = w.lin.exact(x)
+    exact = w.lin.exact(x).cpu()
     assert torch.isfinite(y).all()
     assert float((y - exact).abs().max()) <= 2e-3 * float(exact.abs().max())
     # without the scale the same x overflows half precision: what the scale is for
     with np.errstate(over="ignore"):
-        assert not np.isfinite(x.float().numpy().astype(np.float16)).all()
+        assert not np.isfinite(x.float().cpu().numpy().astype(np.float16)).all()
 
 
 def _round_half_exact(v: fractions.Fraction) -> np.float16:
@@ -116,11 +116,12 @@ def test_gate_up_reference_is_silu_gate_times_up() -> None:
     g, u = _lin(2048, 1024, seed=11), _lin(2048, 1024, seed=12)
     x = _x(1024, seed=2)
     y = nc.reference_gate_up(nk.lane_order(x), g, u).float()
-    gf, uf = g.lin.exact(x), u.lin.exact(x)
+    gf, uf = g.lin.exact(x).cpu(), u.lin.exact(x).cpu()
     want = torch.nn.functional.silu(gf) * uf
     assert float((y - want).abs().max()) <= 0.02 * float(want.abs().max())
     lane = nc.reference_gate_up(nk.lane_order(x), g, u, lane_out=True)
     assert torch.equal(lane, nk.lane_order(y.to(torch.bfloat16)))
+    assert lane.device.type == "cpu"
 
 
 def test_supports_names_what_it_does_not_cover() -> None:
@@ -209,11 +210,12 @@ def test_decode_step_with_the_cuda_gemv_matches_the_model_forward() -> None:
     assert dec is not None, why
     if DEVICE == "cpu":
         assert dec.pair is None and "CUDA" in dec.gemv_note  # the CPU has no CUDA GEMV: the note says why
-        dec.pair, dec.pair_launch = nc.reference_kernels(), nc.PairLaunch(qkv=(4, 1, 2), o=(4, 1, 2),
-                                                                           gate_up=(4, 2), down=(4, 2, 2))
-        # the interpreter pays per program: the Triton kernels around the GEMVs get few, large ones
+        dec.pair = nc.reference_kernels()
     else:
         assert dec.pair is not None, dec.gemv_note
+    # every linear on the CUDA GEMV (the recorded defaults may keep some on Triton), K splits that are whole steps
+    dec.pair_launch = nc.PairLaunch(qkv=(4, 1, 2), o=(2, 1, 2), gate_up=(2, 2), down=(4, 2, 2))
+    assert all(dec.on_cuda_gemv(name) for name in ("qkv", "o", "gate_up", "down")) and all(dec.lanes().values())
     ids = torch.randint(3, 512, (1, 24), generator=torch.Generator().manual_seed(9)).to(DEVICE)
     n = 20
     with torch.inference_mode(), fd._KitAttention(model):

@@ -38,20 +38,21 @@ SOURCE = Path(__file__).with_name("nf4_pair.cu")
 XMAX_EXP = 12  # as in nf4_pair.cu: x is scaled down by a power of two when max |x| reaches 2^XMAX_EXP
 WARPS = 8  # warps per block, as in nf4_pair.cu
 TABLE_BYTES = 65536  # dynamic shared memory per block: 256 byte values x 256 bytes (32 lanes' half2 entries)
-GEMV_ROWS = (2, 4, 8)  # rows per warp compiled for the GEMV
+GEMV_ROWS = (2, 4)  # rows per warp compiled for the GEMV (8 spills registers at two blocks per SM)
 GATE_UP_ROWS = (2, 4)  # rows per warp of gate and of up (twice as many dot products)
 
 
 @dataclass(frozen=True)
 class PairLaunch:
     """Launch shape per linear of the decode step: (rows per warp, K splits, blocks per SM); gate_up: (rows per
-    warp, blocks per SM). bench/gpu_chat.py sweeps them on the GPU and records the best; the defaults are its
-    choice for the Magistral shape on the H200 (tests/test_report.py holds them to the recorded run)."""
+    warp, blocks per SM); None: that linear stays on the Triton GEMV. bench/gpu_chat.py times both kernels on the
+    GPU and records the faster with its best launch; the defaults are its choice for the Magistral shape on the
+    H200 (tests/test_report.py holds them to the recorded run)."""
 
-    qkv: tuple[int, int, int] = (4, 1, 2)
-    o: tuple[int, int, int] = (4, 1, 2)
-    gate_up: tuple[int, int] = (4, 2)
-    down: tuple[int, int, int] = (4, 4, 2)
+    qkv: tuple[int, int, int] | None = None
+    o: tuple[int, int, int] | None = None
+    gate_up: tuple[int, int] | None = (4, 2)
+    down: tuple[int, int, int] | None = (4, 8, 2)
 
 
 DEFAULT_LAUNCH = PairLaunch()

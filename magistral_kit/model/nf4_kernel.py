@@ -35,6 +35,7 @@ are rounded to bf16 where transformers rounds them); sums are float32, and the N
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -626,15 +627,36 @@ class KitDecoder:
     pair_launch: Any = None  # nf4_cuda.PairLaunch for them
     gemv_note: str = "Triton GEMV"  # which GEMV runs the linears, and why (shown in the decode diagnostics)
 
+    def on_cuda_gemv(self, name: str) -> bool:
+        """Whether linear ``name`` (qkv, o, gate_up, down) runs on nf4_cuda's GEMV (its launch shape is not None)."""
+        return self.pair is not None and getattr(self.pair_launch, name) is not None
+
     def lanes(self) -> dict[str, bool]:
-        """Which GEMV inputs travel in lane order (``lane_order``) with the current launch shapes."""
-        if self.pair is not None:  # the CUDA GEMV reads x in lane order only (prepare_decode checked it applies)
-            return dict.fromkeys(("qkv", "o", "gate_up", "down"), True)
+        """Which GEMV inputs travel in lane order (``lane_order``) with the current launch shapes (always, for a
+        linear on the CUDA GEMV: prepare_decode checked that its K splits are whole steps)."""
         lay, sp = self.layers[0], self.splits
-        return {"qkv": self.lane_order and lane_order_applies(lay.qkv[0].k, sp.qkv[1]),
-                "o": self.lane_order and lane_order_applies(lay.o.k, sp.o[1]),
-                "gate_up": self.lane_order and lane_order_applies(lay.gate.k, 1),
-                "down": self.lane_order and lane_order_applies(lay.down.k, sp.down[1])}
+        triton_lanes = {"qkv": lane_order_applies(lay.qkv[0].k, sp.qkv[1]),
+                        "o": lane_order_applies(lay.o.k, sp.o[1]),
+                        "gate_up": lane_order_applies(lay.gate.k, 1),
+                        "down": lane_order_applies(lay.down.k, sp.down[1])}
+        return {name: self.on_cuda_gemv(name) or (self.lane_order and ok) for name, ok in triton_lanes.items()}
+
+    def _gemv(self, ops: Any, name: str, x: torch.Tensor, ws: list[NF4Weight], lane: bool) -> torch.Tensor:
+        """float32 partial sums of one of the step's GEMVs (q|k|v, o, down), on the CUDA or the Triton GEMV."""
+        if self.on_cuda_gemv(name):
+            rows, split, per_sm = getattr(self.pair_launch, name)
+            return ops.pair_gemv(x, *_flat(ws), ws[0].code2, [w.n for w in ws], ws[0].k, split, rows, per_sm)
+        rows, split, warps = getattr(self.splits, name)
+        return ops.gemv(x, *_flat(ws), self.code, ws[0].code2, [w.n for w in ws], ws[0].k, split, rows, warps, lane)
+
+    def _gate_up(self, ops: Any, x: torch.Tensor, lay: _Layer, lane: dict[str, bool]) -> torch.Tensor:
+        if self.on_cuda_gemv("gate_up"):
+            rows, per_sm = self.pair_launch.gate_up
+            return ops.pair_gate_up(x, *_flat([lay.gate, lay.up]), lay.gate.code2, lay.gate.n, lay.gate.k, rows,
+                                    per_sm, lane["down"])
+        rows, warps = self.splits.gate_up
+        return ops.gate_up(x, *_flat([lay.gate, lay.up]), self.code, lay.gate.code2, lay.gate.n, lay.gate.k, rows,
+                           warps, lane["gate_up"], lane["down"])
 
     def step(self, ids: torch.Tensor, pos: torch.Tensor, cache: Any) -> torch.Tensor:
         ops = _ops()
@@ -644,49 +666,19 @@ class KitDecoder:
         cos, sin = cos.reshape(-1), sin.reshape(-1)
         res = emb.reshape(-1)
         parts: torch.Tensor | None = None
-        sp = self.splits
         scale = self.head_dim ** -0.5
         lane = self.lanes()
-        if self.pair is not None:
-            return self._pair_step(emb, cos, sin, pos, cache)
         for i, lay in enumerate(self.layers):
             kc, vc = cache.layers[i].keys, cache.layers[i].values
             x, res = ops.add_rmsnorm(res, parts, lay.ln1, self.eps, lane["qkv"])
-            qkv = ops.gemv(x, *_flat(lay.qkv), self.code, lay.qkv[0].code2, [w.n for w in lay.qkv], lay.qkv[0].k,
-                           sp.qkv[1], sp.qkv[0], sp.qkv[2], lane["qkv"])
+            qkv = self._gemv(ops, "qkv", x, lay.qkv, lane["qkv"])
             q = ops.rope_cache(qkv, cos, sin, pos, kc, vc, self.n_heads, self.n_kv, self.head_dim)
             att = ops.attn_decode(q, kc, vc, pos, self.n_heads, scale, lane["o"])
-            parts = ops.gemv(att, *_flat([lay.o]), self.code, lay.o.code2, [lay.o.n], lay.o.k, sp.o[1], sp.o[0],
-                             sp.o[2], lane["o"])
+            parts = self._gemv(ops, "o", att, [lay.o], lane["o"])
             x, res = ops.add_rmsnorm(res, parts, lay.ln2, self.eps, lane["gate_up"])
-            act = ops.gate_up(x, *_flat([lay.gate, lay.up]), self.code, lay.gate.code2, lay.gate.n, lay.gate.k,
-                              sp.gate_up[0], sp.gate_up[1], lane["gate_up"], lane["down"])
-            parts = ops.gemv(act, *_flat([lay.down]), self.code, lay.down.code2, [lay.down.n], lay.down.k,
-                             sp.down[1], sp.down[0], sp.down[2], lane["down"])
+            act = self._gate_up(ops, x, lay, lane)
+            parts = self._gemv(ops, "down", act, [lay.down], lane["down"])
         x, res = ops.add_rmsnorm(res, parts, base.norm.weight, self.eps)
-        logits = self.model.lm_head(x.view(1, 1, -1))
-        return logits[:, -1, :].float()
-
-    def _pair_step(self, emb: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor,
-                   cache: Any) -> torch.Tensor:
-        """``step`` with the linears on nf4_cuda's GEMVs (every GEMV input in lane order)."""
-        ops = _ops()
-        res, parts, pl = emb.reshape(-1), None, self.pair_launch
-        scale = self.head_dim ** -0.5
-        for i, lay in enumerate(self.layers):
-            kc, vc = cache.layers[i].keys, cache.layers[i].values
-            x, res = ops.add_rmsnorm(res, parts, lay.ln1, self.eps, True)
-            qkv = ops.pair_gemv(x, *_flat(lay.qkv), lay.qkv[0].code2, [w.n for w in lay.qkv], lay.qkv[0].k,
-                                pl.qkv[1], pl.qkv[0], pl.qkv[2])
-            q = ops.rope_cache(qkv, cos, sin, pos, kc, vc, self.n_heads, self.n_kv, self.head_dim)
-            att = ops.attn_decode(q, kc, vc, pos, self.n_heads, scale, True)
-            parts = ops.pair_gemv(att, *_flat([lay.o]), lay.o.code2, [lay.o.n], lay.o.k, pl.o[1], pl.o[0], pl.o[2])
-            x, res = ops.add_rmsnorm(res, parts, lay.ln2, self.eps, True)
-            act = ops.pair_gate_up(x, *_flat([lay.gate, lay.up]), lay.gate.code2, lay.gate.n, lay.gate.k,
-                                   pl.gate_up[0], pl.gate_up[1], True)
-            parts = ops.pair_gemv(act, *_flat([lay.down]), lay.down.code2, [lay.down.n], lay.down.k, pl.down[1],
-                                  pl.down[0], pl.down[2])
-        x, res = ops.add_rmsnorm(res, parts, self.model.model.norm.weight, self.eps)
         logits = self.model.lm_head(x.view(1, 1, -1))
         return logits[:, -1, :].float()
 
@@ -799,15 +791,23 @@ def _pair_kernels(lay: _Layer, dev: torch.device) -> tuple[Any, Any, str]:
 
     if os.environ.get(ENV_DISABLE, "").strip().lower() == "triton":
         return None, None, f"Triton GEMV ({ENV_DISABLE}=triton)"
-    launch = nf4_cuda.DEFAULT_LAUNCH
-    for name, k, split in (("q|k|v", lay.qkv[0].k, launch.qkv[1]), ("o", lay.o.k, launch.o[1]),
-                           ("gate|up", lay.gate.k, 1), ("down", lay.down.k, launch.down[1])):
-        why = nf4_cuda.supports(k, split)
-        if why:
-            return None, None, f"Triton GEMV (CUDA GEMV does not cover {name}: {why})"
-    if lay.gate.n % STEP:
-        return None, None, f"Triton GEMV (CUDA GEMV: intermediate size {lay.gate.n} is not whole {STEP}-steps)"
+    launch, declined = nf4_cuda.DEFAULT_LAUNCH, []
+    for name, k, split in (("qkv", lay.qkv[0].k, (launch.qkv or (0, 1))[1]), ("o", lay.o.k, (launch.o or (0, 1))[1]),
+                           ("gate_up", lay.gate.k, 1), ("down", lay.down.k, (launch.down or (0, 1))[1])):
+        why = nf4_cuda.supports(k, split) or (f"{lay.gate.n} outputs are not whole {STEP}-element steps"
+                                              if name == "gate_up" and lay.gate.n % STEP else "")
+        if why and getattr(launch, name) is not None:
+            launch = dataclasses.replace(launch, **{name: None})
+            declined.append(f"{name}: {why}")
+    used = [name for name in ("qkv", "o", "gate_up", "down") if getattr(launch, name) is not None]
+    if not used:
+        return None, None, "Triton GEMV" + (f" (CUDA GEMV does not cover {'; '.join(declined)})" if declined else "")
     kernels, why = nf4_cuda.load(dev)
     if kernels is None:
         return None, None, f"Triton GEMV ({why})"
-    return kernels, launch, f"CUDA GEMV ({nf4_cuda.SOURCE.name})"
+    note = f"CUDA GEMV ({nf4_cuda.SOURCE.name}) for {', '.join(used)}"
+    rest = [name for name in ("qkv", "o", "gate_up", "down") if name not in used]
+    if rest:
+        note += f"; Triton GEMV for {', '.join(rest)}" + (f" ({'; '.join(declined)})" if declined else
+                                                           " (faster there in the recorded run)")
+    return kernels, launch, note

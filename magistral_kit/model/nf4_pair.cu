@@ -57,9 +57,11 @@ __device__ __forceinline__ void fill_table(__half2* tab) {
   __syncthreads();
 }
 
-// The power of two this warp scales x down by: 0 unless max |x| over [k_lo, k_hi) is 2^XMAX_EXP or more.
+// The power of two this warp scales x down by: 0 unless max |x| over [k_lo, k_hi) is 2^XMAX_EXP or more. The
+// loads are unrolled so that they are in flight together (a rolled loop would wait out one latency per load).
 __device__ __forceinline__ int x_shift(const uint4* __restrict__ x, int k_lo, int k_hi, int lane) {
   unsigned m = 0;
+#pragma unroll 8
   for (int i = k_lo / 8 + lane; i < k_hi / 8; i += 32) {
     const uint4 v = x[i];
     m = __vmaxu2(m, __vmaxu2(__vmaxu2(v.x & 0x7fff7fffu, v.y & 0x7fff7fffu),
@@ -70,15 +72,18 @@ __device__ __forceinline__ int x_shift(const uint4* __restrict__ x, int k_lo, in
   return min(max(e - XMAX_EXP, 0), 120);
 }
 
+__device__ __forceinline__ float pow2(int e) { return __int_as_float((127 + e) << 23); }  // |e| <= 126
+
 // One warp's float32 dot products of R rows with x over [k_lo, k_hi) (whole 1,024-element steps). Row r's lane
 // words start at wp[r]; ai[r] is the index of the lane's absmax block at k_lo in a[r] (and, >> 8, of its scale in
-// s2[r]). xs scales x into half range; unscale (its inverse) goes into the float32 scale.
-template <int R>
+// s2[r]). x is scaled down by 2^-shift into half range; 2^shift goes into the float32 scale.
+template <int R, bool SCALED>
 __device__ __forceinline__ void dot_rows(float (&acc)[R], const uint4* const (&wp)[R], const int (&ai)[R],
     const unsigned char* const (&a)[R], const float* const (&s2)[R], const float (&off)[R],
-    const float* __restrict__ code2, const uint4* __restrict__ x, int k_lo, int k_hi, int lane, float xs,
-    float unscale, const char* tb) {
+    const float* __restrict__ code2, const uint4* __restrict__ x, int k_lo, int k_hi, int lane, int shift,
+    const char* tb) {
   const unsigned lane4 = lane * 4;
+  const float xs = pow2(-shift), unscale = pow2(shift);
 #pragma unroll
   for (int r = 0; r < R; r++) acc[r] = 0.f;
   const uint4* xp = x + k_lo / 8 + lane;
@@ -89,21 +94,23 @@ __device__ __forceinline__ void dot_rows(float (&acc)[R], const uint4* const (&w
       const uint4 v = xp[c * 32];
       const unsigned w4[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-      for (int j = 0; j < 4; j++)  // bf16 pair -> two floats (exact) -> scaled (exact) -> half2 (rounded)
-        x2[c * 4 + j] = __floats2half2_rn(__fmul_rn(__uint_as_float(w4[j] << 16), xs),
-                                          __fmul_rn(__uint_as_float(w4[j] & 0xffff0000u), xs));
+      for (int j = 0; j < 4; j++) {  // bf16 pair -> two floats (exact) -> [scaled (exact)] -> half2 (rounded)
+        const float lo = __uint_as_float(w4[j] << 16), hi = __uint_as_float(w4[j] & 0xffff0000u);
+        x2[c * 4 + j] = SCALED ? __floats2half2_rn(__fmul_rn(lo, xs), __fmul_rn(hi, xs)) : __floats2half2_rn(lo, hi);
+      }
     }
-    uint4 wv[R];
+    uint4 cur[R];
     float scale[R];
 #pragma unroll
     for (int r = 0; r < R; r++) {
-      wv[r] = wp[r][step * 32];
+      cur[r] = wp[r][step * 32];
       const int bi = ai[r] + step * 16;
-      scale[r] = __fmul_rn(__fadd_rn(__fmul_rn(code2[a[r][bi]], s2[r][bi >> 8]), off[r]), unscale);
+      const float sc = __fadd_rn(__fmul_rn(code2[a[r][bi]], s2[r][bi >> 8]), off[r]);
+      scale[r] = SCALED ? __fmul_rn(sc, unscale) : sc;
     }
 #pragma unroll
     for (int r = 0; r < R; r++) {
-      const unsigned ww[4] = {wv[r].x, wv[r].y, wv[r].z, wv[r].w};
+      const unsigned ww[4] = {cur[r].x, cur[r].y, cur[r].z, cur[r].w};
       __half2 sa = __float2half2_rn(0.f), sb = __float2half2_rn(0.f);
 #pragma unroll
       for (int j = 0; j < 4; j++) {
@@ -136,17 +143,15 @@ __device__ __forceinline__ int slot_of(const Args& p, int& row) {
   return 2;
 }
 
-__device__ __forceinline__ float pow2(int e) { return __int_as_float((127 + e) << 23); }  // |e| <= 126
-
 // out[blockIdx.y, row] = the sum over this split's K range of row . x, for the rows of up to three weights.
 template <int R>
 __device__ __forceinline__ void gemv(const Args& p) {
   extern __shared__ __half2 tab[];
-  fill_table(tab);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int k_lo = blockIdx.y * p.k_split, k_hi = min(k_lo + p.k_split, p.k);
-  const int sh = x_shift(p.x, k_lo, k_hi, lane);
-  const float xs = pow2(-sh), unscale = pow2(sh);
+  const int sh = x_shift(p.x, k_lo, k_hi, lane);  // its loads overlap the table's stores
+  fill_table(tab);
+  const char* tb = reinterpret_cast<const char*>(tab);
   float* out = static_cast<float*>(p.out) + (size_t)blockIdx.y * p.n_total;
   for (int row0 = (blockIdx.x * WARPS + warp) * R; row0 < p.n_total; row0 += gridDim.x * WARPS * R) {
     const uint4* wp[R];
@@ -165,8 +170,8 @@ __device__ __forceinline__ void gemv(const Args& p) {
       off[r] = *p.off[s];
     }
     float acc[R];
-    dot_rows<R>(acc, wp, ai, a, s2, off, p.code2, p.x, k_lo, k_hi, lane, xs, unscale,
-                reinterpret_cast<const char*>(tab));
+    if (sh) dot_rows<R, true>(acc, wp, ai, a, s2, off, p.code2, p.x, k_lo, k_hi, lane, sh, tb);
+    else dot_rows<R, false>(acc, wp, ai, a, s2, off, p.code2, p.x, k_lo, k_hi, lane, sh, tb);
 #pragma unroll
     for (int r = 0; r < R; r++)
       if (lane == r && row0 + r < p.n_total) out[row0 + r] = acc[r];
@@ -183,10 +188,10 @@ __device__ __forceinline__ float bf16_round(float v) {  // float32 -> nearest bf
 template <int R>
 __device__ __forceinline__ void gate_up(const Args& p) {
   extern __shared__ __half2 tab[];
-  fill_table(tab);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int sh = x_shift(p.x, 0, p.k, lane);
-  const float xs = pow2(-sh), unscale = pow2(sh);
+  fill_table(tab);
+  const char* tb = reinterpret_cast<const char*>(tab);
   const int n = p.n[0];
   for (int row0 = (blockIdx.x * WARPS + warp) * R; row0 < n; row0 += gridDim.x * WARPS * R) {
     const uint4* wp[2 * R];
@@ -205,8 +210,8 @@ __device__ __forceinline__ void gate_up(const Args& p) {
       off[r] = *p.off[s];
     }
     float acc[2 * R];
-    dot_rows<2 * R>(acc, wp, ai, a, s2, off, p.code2, p.x, 0, p.k, lane, xs, unscale,
-                    reinterpret_cast<const char*>(tab));
+    if (sh) dot_rows<2 * R, true>(acc, wp, ai, a, s2, off, p.code2, p.x, 0, p.k, lane, sh, tb);
+    else dot_rows<2 * R, false>(acc, wp, ai, a, s2, off, p.code2, p.x, 0, p.k, lane, sh, tb);
 #pragma unroll
     for (int r = 0; r < R; r++) {
       const int row = row0 + r;
@@ -222,11 +227,10 @@ __device__ __forceinline__ void gate_up(const Args& p) {
   }
 }
 
-#define GEMV(R) extern "C" __global__ void __launch_bounds__(WARPS * 32) nf4_gemv_r##R(const Args p) { gemv<R>(p); }
+#define GEMV(R) extern "C" __global__ void __launch_bounds__(WARPS * 32, 2) nf4_gemv_r##R(const Args p) { gemv<R>(p); }
 #define GATE_UP(R) \
-  extern "C" __global__ void __launch_bounds__(WARPS * 32) nf4_gate_up_r##R(const Args p) { gate_up<R>(p); }
+  extern "C" __global__ void __launch_bounds__(WARPS * 32, 2) nf4_gate_up_r##R(const Args p) { gate_up<R>(p); }
 GEMV(2)
 GEMV(4)
-GEMV(8)
 GATE_UP(2)
 GATE_UP(4)
