@@ -443,6 +443,21 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
     return out
 
 
+def triton_cost(triton: dict[str, Any], name: str, norm_us: dict[int, float]) -> float | None:
+    """The Triton GEMV's µs for one of the decode step's launches at its recorded best (o and down with the
+    add + RMSNorm that reads their partial sums), as pair_bench prices the CUDA GEMV."""
+    if name == "qkv":
+        return triton.get("qkv_fused", {}).get("us")
+    if name == "gate_up":
+        return triton.get("gate_up_fused", {}).get("us")
+    v = triton.get("add_rmsnorm", {}).get(f"{name}_with_norm") or triton["shapes"][name]["best"]
+    us = triton["shapes"][name]["ours"].get(v)
+    if us is None:
+        return None
+    split = pick(v)[2]
+    return round(us + norm_us.get(next((s_ for s_ in sorted(norm_us) if s_ >= split), 16), 0.0), 2)
+
+
 def pair_bench(lins: dict[str, list[_QLin]], triton: dict[str, Any], quick: bool = False) -> dict[str, Any]:
     """The CUDA GEMV (magistral_kit/model/nf4_cuda.py) on the same weights: error per shape against the fp32
     reference, a sweep of launch shapes (rows per warp, K splits, blocks per SM) for each of the decode step's
@@ -490,7 +505,8 @@ def pair_bench(lins: dict[str, list[_QLin]], triton: dict[str, Any], quick: bool
     }
     norm = triton.get("add_rmsnorm", {})
     norm_us = {s_: norm.get("variants", {}).get(f"s{s_}_w{norm.get('warps_best', 16)}", 0.0) for s_ in (1, 2, 4, 8, 16)}
-    best: dict[str, Any] = {}
+    best: dict[str, Any] = {}  # the launch used per linear: the CUDA GEMV's best, or None (the Triton GEMV)
+    cuda_best: dict[str, Any] = {}
     for name, (rs, sps, call) in launches.items():
         variants = {}
         for r in rs:
@@ -504,18 +520,47 @@ def pair_bench(lins: dict[str, list[_QLin]], triton: dict[str, Any], quick: bool
         pick_v = min(cost, key=cost.get)
         out[name] = {"variants": variants, "best": pick_v, "us": variants[pick_v]}
         r, sp, b = (int(p_[1:]) for p_ in pick_v.split("_"))
-        best[name] = [r, b] if name == "gate_up" else [r, sp, b]
+        cuda_best[name] = best[name] = [r, b] if name == "gate_up" else [r, sp, b]
+        # the Triton GEMV's figure for the same launch (its best, priced the same way): the faster one is used
+        tri = triton_cost(triton, name, norm_us)
+        out[name]["triton_us_same_pricing"] = tri
+        out[name]["pair_us_same_pricing"] = round(cost[pick_v], 2)
+        if tri is not None and tri <= cost[pick_v]:
+            best[name] = None
         log(f"kernel_pair_{name}", {k_: v_ for k_, v_ in out[name].items() if k_ != "variants"})
     out["launch_best"] = best
-    seq = []
-    for i in range(nl):
-        for name, (_, _, call) in launches.items():
-            r, *rest = best[name]
-            sp, b = (1, rest[0]) if name == "gate_up" else rest
-            seq.append(lambda i=i, call=call, r=r, sp=sp, b=b: call(i, r, sp, b))
-    layer_us = graph_us(seq) * 4
+    sb = nk.DecodeSplits(**{k_: tuple(v_) for k_, v_ in triton["splits_best"].items()})
+    code = nk._code_table(torch.device(DEV))
+
+    def triton_call(name: str, i: int) -> Any:
+        rows_, split_, warps_ = getattr(sb, name)
+        if name == "qkv":
+            ws_ = [rot("q", i), rot("k", i), rot("v", i)]
+            x_ = xs[hid] if nk.lane_order_applies(hid, split_) else xs[hid].reshape(-1, 4, 32, 8).transpose(1, 2)
+        else:
+            ws_ = [rot("o", i)]
+            x_ = xs[ko] if nk.lane_order_applies(ko, split_) else xs[ko].reshape(-1, 4, 32, 8).transpose(1, 2)
+        return nk.nf4_gemv_launch(x_.reshape(-1).contiguous(), *nk._flat(ws_), code, ws_[0].code2,
+                                  [w_.n for w_ in ws_], ws_[0].k, split_, rows_, warps_,
+                                  nk.lane_order_applies(ws_[0].k, split_))
+
+    def layer_us(choice: dict[str, Any]) -> float:
+        seq = []
+        for i in range(nl):
+            for name, (_, _, call) in launches.items():
+                if choice[name] is None:
+                    seq.append(lambda i=i, name=name: triton_call(name, i))
+                    continue
+                r, *rest = choice[name]
+                sp, b = (1, rest[0]) if name == "gate_up" else rest
+                seq.append(lambda i=i, call=call, r=r, sp=sp, b=b: call(i, r, sp, b))
+        return graph_us(seq) * 4
+
     layer_bytes = sum(nf4_bytes(n, k) for n, k in LINEAR_SHAPES.values())
-    out["layer"] = {"layers_rotated": nl, "us": round(layer_us, 1), "gbs": round(layer_bytes / 1e3 / layer_us, 1),
+    used = layer_us(best)
+    out["layer"] = {"layers_rotated": nl, "us": round(used, 1), "gbs": round(layer_bytes / 1e3 / used, 1),
+                    "linears_on_cuda": [n_ for n_, v_ in best.items() if v_ is not None],
+                    "all_cuda_us": round(layer_us(cuda_best), 1) if cuda_best != best else round(used, 1),
                     "triton_us": triton.get("layer", {}).get("ours_us")}
     log("kernel_pair_layer", out["layer"])
     log("kernel_pair_err", out["err"])
