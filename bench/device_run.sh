@@ -5,7 +5,6 @@
 #                                             outlives this call while the machine is held)
 #   bash bench/device_run.sh poll SECONDS     wait up to SECONDS for it to finish; copy its JSON + log to $OUT
 #   bash bench/device_run.sh kernels          NF4 kernels only (bitsandbytes vs the kit's, random weights), foreground
-#   bash bench/device_run.sh probe            the CUDA pair-table probe vs the kit's Triton GEMV (nvcc on the device)
 #   bash bench/device_run.sh tests [ARGS]     tests/test_nf4_cuda.py on the GPU (KIT_TEST_DEVICE=cuda), incl. `gpu` ones
 # Extra arguments after launch/quick/kernels go to bench/gpu_chat.py.
 source bench/device_setup.sh || exit 1
@@ -18,8 +17,6 @@ case "$mode" in
     python3 bench/gpu_chat.py --kernels-only --out "$OUT/kernels.json" --work /tmp/kern "$@" 2>&1 | tee "$OUT/kernels.log" | grep -v Warning | cut -c1-400 | tail -40 ;;
   tests)
     KIT_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider -x tests/test_nf4_cuda.py "$@" 2>&1 | tail -25 ;;
-  probe)
-    python3 bench/nf4_pair_probe.py --out "$OUT/nf4_pair_probe_h200.json" "$@" 2>&1 | grep -v Warning | tail -20 ;;
   launch)
     mkdir -p /tmp/full
     setsid nohup python3 bench/gpu_chat.py --out /tmp/full/gpu_chat.json --work /tmp/gpuchat "$@" > /tmp/full/log 2>&1 < /dev/null &

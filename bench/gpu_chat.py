@@ -23,6 +23,7 @@ import gc
 import json
 import math
 import os
+import re
 import platform
 import shutil
 import statistics
@@ -478,7 +479,10 @@ def pair_bench(lins: dict[str, list[_QLin]], triton: dict[str, Any], quick: bool
     ko = LINEAR_SHAPES["o"][1]
     xs = {k_: nk.lane_order((torch.randn(k_, device=DEV, generator=g) * 0.5).to(torch.bfloat16))
           for k_ in {hid, ko, inter}}
-    out: dict[str, Any] = {"cubin_bytes": len(kern.cubin), "sms": kern.sms, "err": {}}
+    t0 = time.perf_counter()
+    nc.compile_cubin(kern.arch)  # what loading the kernels costs a fresh process once (NVRTC, no cache)
+    out: dict[str, Any] = {"cubin_bytes": len(kern.cubin), "sms": kern.sms, "err": {},
+                           "nvrtc_compile_s": round(time.perf_counter() - t0, 2)}
     for name, (n, k) in LINEAR_SHAPES.items():
         q0 = lins[name][0].weight
         x = xs[k]
@@ -631,6 +635,18 @@ def cold_jit(splits: Any) -> dict[str, Any]:
     return {"per_kernel_s": per, "jit_total_s": round(sum(per.values()), 2), "process_wall_s": round(wall, 1)}
 
 
+def kernel_family(name: str) -> str:
+    """The profile's row for a CUDA kernel name: the kit's CUDA GEMVs (nf4_pair.cu), its Triton kernels,
+    bitsandbytes' and torch's."""
+    low = name.lower()
+    return ("CUDA GEMV (nf4_pair.cu)" if low.startswith("nf4_gemv_r") else
+            "CUDA gate_up (nf4_pair.cu)" if low.startswith("nf4_gate_up_r") else
+            "Triton GEMV" if "_nf4_gemv" in low else "Triton gate_up" if "_nf4_gate_up" in low else
+            "attention" if "_attn_" in low else "rope + cache write" if "rope" in low else
+            "add + rmsnorm" if "rmsnorm" in low else "gemv_4bit (bnb)" if "gemv" in low or "4bit" in low else
+            "lm_head and other matmuls" if any(t in low for t in ("gemm", "cutlass", "nvjet")) else "other")
+
+
 def profile_step(model: Any, cache: int, steps: int = 16) -> dict[str, Any]:
     """GPU time per decode step by kernel family (torch.profiler over graph replays of the current runner)."""
     from torch.profiler import ProfilerActivity, profile
@@ -652,12 +668,7 @@ def profile_step(model: Any, cache: int, steps: int = 16) -> dict[str, Any]:
         t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
         if not t:
             continue
-        low = name.lower()
-        f = ("nf4 gemv" if "_nf4_gemv" in low else "nf4 gate_up" if "gate_up" in low else
-             "attention" if "_attn_" in low else "rope + cache write" if "rope" in low else
-             "add + rmsnorm" if "rmsnorm" in low else "gemv_4bit (bnb)" if "gemv" in low or "4bit" in low else
-             "lm_head and other matmuls" if any(t in low for t in ("gemm", "gemv", "cutlass", "nvjet")) else
-             "other")
+        f = kernel_family(name)
         fam[f] = fam.get(f, 0.0) + t
         count[f] = count.get(f, 0) + ev.count
     total = sum(fam.values())
@@ -677,7 +688,7 @@ def h200_table(result: dict) -> str:
     """README/GPU.md tables (decode paths; NF4 kernels per shape and per layer) from a gpu_chat results JSON."""
     lines = ["| path | kernel | cache | decode tok/s (median of 3) | runs | first call: capture / compile+JIT | "
              "GPU peak | clear-gap argmax agreement |", "|---|---|---|---|---|---|---|---|"]
-    for name in ("plain", "graph", "compiled", "graph_sync", "bnb_graph", "bnb_compiled"):
+    for name in ("plain", "graph", "compiled", "graph_sync", "graph_triton", "bnb_graph", "bnb_compiled"):
         for cache in ("8k", "32k", "1k"):
             key = f"{name}_{cache}"
             tps = result.get(f"{key}_decode_tok_per_s")
@@ -686,6 +697,9 @@ def h200_table(result: dict) -> str:
             first = result.get(f"{key}_first_call", {})
             chk = result.get(f"{key}_check_vs_eager_forward", {})
             kernel = first.get("kernel") or ("bitsandbytes" if name.startswith(("bnb", "plain")) else "?")
+            gemv = first.get("gemv", "")
+            if gemv:  # which GEMV ran the linears, without the parenthesised reasons
+                kernel += ": " + re.sub(r" \([^)]*\)", "", gemv)
             n_ok, n_clear = chk.get("clear_agree", 0), chk.get("clear_steps", 0)
             agree = f"{n_ok}/{n_clear} ({100 * n_ok / n_clear:.0f} %)" if n_clear else "–"
             cap = (f"{first.get('capture_seconds', 0):.2f} s / {first.get('compile_seconds', 0):.1f} s"
@@ -694,6 +708,7 @@ def h200_table(result: dict) -> str:
             label = {"plain": "plain `model.generate`", "graph": "fast, CUDA graph",
                      "compiled": "fast, compiled + graph", "bnb_graph": "fast, CUDA graph",
                      "graph_sync": "fast, CUDA graph, each token read before the next step is queued",
+                     "graph_triton": "fast, CUDA graph, Triton GEMV for every linear",
                      "bnb_compiled": "fast, compiled + graph"}[name]
             cache_s = ({"8k": "8,192", "32k": "32,768"}[cache] if name != "plain"
                        else f"dynamic ({ {'1k': '1,024', '8k': '8,000'}[cache]}-token prompt)")
@@ -727,6 +742,31 @@ def h200_table(result: dict) -> str:
             lines.append(f"| **one decoder layer's linears** (measured in sequence, {lay['layers_rotated']} layers "
                          f"rotated) | {lay['mbytes']} | **{lay['bnb_us']:.1f}** | {lay['bnb_gbs']:.0f} | "
                          f"**{lay['ours_us']:.1f}** | {lay['ours_gbs']:.0f} | – |")
+    pair = (k or {}).get("pair", {})
+    if "layer" in pair:
+        lines += ["", "| decode-step launch (out × in) | Triton GEMV µs | CUDA GEMV µs (rows/warp, K splits, "
+                  "blocks/SM) | priced with the norm that reads its partial sums: Triton / CUDA | used | "
+                  "CUDA error vs fp32 ref |", "|---|---|---|---|---|---|"]
+        shapes = {"qkv": ("q", "k", "v"), "o": ("o",), "gate_up": ("gate", "up"), "down": ("down",)}
+        tri_us = {"qkv": k.get("qkv_fused", {}).get("us"), "gate_up": k.get("gate_up_fused", {}).get("us"),
+                  "o": k["shapes"]["o"]["ours_us"], "down": k["shapes"]["down"]["ours_us"]}
+        for name, parts in shapes.items():
+            r = pair[name]
+            used = "CUDA" if pair["launch_best"].get(name) is not None else "Triton"
+            dims = (f"{sum(k['shapes'][p_]['n'] for p_ in parts)} × {k['shapes'][parts[0]]['k']}"
+                    if name != "gate_up" else f"2 × {k['shapes']['gate']['n']} × {k['shapes']['gate']['k']}")
+            err = " / ".join(f"{pair['err'][p_]:.1e}" for p_ in parts)
+            lines.append(f"| {name.replace('_', '|')} {dims} | {tri_us[name]:.1f} | {r['us']:.1f} "
+                         f"({r['best'].replace('_', ', ')}) | {r['triton_us_same_pricing']:.1f} / "
+                         f"{r['pair_us_same_pricing']:.1f} | **{used}** | {err} |")
+        lay = pair["layer"]
+        lines.append(f"| **one decoder layer's linears as the decode step runs them** (CUDA for "
+                     f"{', '.join(lay['linears_on_cuda'])}; {lay['layers_rotated']} layers rotated) | "
+                     f"{lay['triton_us']:.1f} (all Triton) | **{lay['us']:.1f}** ({lay['all_cuda_us']:.1f} all CUDA) "
+                     f"| – | – | – |")
+        if "nvrtc_compile_s" in pair:
+            lines += ["", f"The CUDA GEMV is compiled by NVRTC when the decode step is first prepared in a "
+                      f"process: **{pair['nvrtc_compile_s']:.1f} s** once (`bench/gpu_chat.py` `pair_bench`)."]
     profs = [(label, result[key]) for key, label in (("profile_graph_8k", "kit kernels"),
                                                       ("profile_compiled_8k", "kit kernels, compiled"),
                                                       ("profile_bnb_graph_8k", "bitsandbytes"))

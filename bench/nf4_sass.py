@@ -75,7 +75,7 @@ def loop_stats(kernel: Any) -> dict[str, Any]:
 
 def cubin_loops(cubin: bytes, function: str | None = None) -> dict[str, Any]:
     """Instruction counts of each backward-branching loop in a cubin's SASS, and the registers: of the whole
-    cubin, or of one of its functions (bench/nf4_pair_probe.py compiles several into one)."""
+    cubin, or of one of its functions (the CUDA GEMV's cubin holds several; tests/test_nf4_cuda.py reads it)."""
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "k.cubin"
         path.write_bytes(cubin)

@@ -38,3 +38,10 @@ def test_lock_agrees_with_the_pins():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     for name, version in _pins(project["project"]["dependencies"]).items():
         assert lock.get(name) == version, f"requirements.lock has {name}=={lock.get(name)}, pyproject {version}"
+
+
+def test_makefile_installs_the_no_deps_pins():
+    """`make setup` installs exactly pyproject's no-deps list with --no-deps (NVRTC for the CUDA GEMV tests too)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    line = re.search(r"pip install -q --no-deps (.+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert sorted(line.split()) == sorted(project["tool"]["magistral-kit"]["no-deps"])

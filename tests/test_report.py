@@ -70,3 +70,8 @@ def test_kernel_defaults_are_the_recorded_runs_choice() -> None:
     defaults = {k: list(v) for k, v in dataclasses.asdict(nk.DecodeSplits()).items()}
     assert defaults == run["decode_splits_used"] == run["kernels"]["splits_best"]
     assert nk.NORM_WARPS == run["norm_warps_used"]
+    # which linears run on the CUDA GEMV, and how it is launched: the run's choice too
+    from magistral_kit.model import nf4_cuda as nc
+
+    launch = {k: (list(v) if v is not None else None) for k, v in dataclasses.asdict(nc.PairLaunch()).items()}
+    assert launch == run["pair_launch_used"] == run["kernels"]["pair"]["launch_best"]

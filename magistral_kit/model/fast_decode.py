@@ -16,8 +16,9 @@ Where the fast loop cannot run (CPU in 'auto' mode, another model shape, a promp
 step, padding) ``fast_generate`` falls back to ``model.generate`` and records why in ``FastResult.reason``.
 
 On CUDA, the decode step of an NF4 model runs through the kit's own Triton kernels (``nf4_kernel.py``: NF4
-matrix-vector products on bitsandbytes' packed weights, fused norm/rotary/attention); prefill and any model
-those kernels decline stay on bitsandbytes, and ``FastResult.kernel_reason`` says why.
+matrix-vector products on bitsandbytes' packed weights, fused norm/rotary/attention; the large MLP products on
+the CUDA GEMV of ``nf4_cuda.py``, ``FastResult.gemv`` says which); prefill and any model those kernels decline
+stay on bitsandbytes, and ``FastResult.kernel_reason`` says why.
 """
 from __future__ import annotations
 

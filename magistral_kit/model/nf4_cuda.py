@@ -153,7 +153,8 @@ class PairKernels:
         with torch.cuda.device(self.device):
             torch.empty(1, device=self.device)  # torch's primary context, current on this thread
             major, minor = torch.cuda.get_device_capability(self.device)
-            self.cubin = compile_cubin(major * 10 + minor)
+            self.arch = major * 10 + minor
+            self.cubin = compile_cubin(self.arch)
             self.sms = torch.cuda.get_device_properties(self.device).multi_processor_count
             self._cu = ctypes.CDLL("libcuda.so.1")
             self._cu.cuLaunchKernel.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 7 + [

@@ -26,6 +26,10 @@ does the rest of a decode step around the linears in a few fused kernels:
   the cache size; a fixed number of programs per KV head share those positions), 4 query heads per KV head
   read each K/V row once; a second kernel merges the splits.
 
+On CUDA the decode step runs the large MLP launches (gate|up, down) on the CUDA GEMV of ``nf4_cuda`` instead
+of ``gemv`` / ``gate_up`` (two weights per shared-memory table load; bench/gpu_chat.py measured it faster there
+and the Triton GEMV faster for q|k|v and o; ``KitDecoder.gemv_note`` says which ran what).
+
 All of them are registered as torch custom ops (``torch.ops.kit_nf4.*``) with fake implementations, so
 ``torch.compile`` keeps the decode step as one graph. bitsandbytes still loads and quantizes the model and runs
 prefill and every case the kernels do not cover; ``prepare_decode`` says why when it declines a model.
@@ -604,7 +608,7 @@ class DecodeSplits:
     o: tuple[int, int, int] = (4, 2, 1)
     gate_up: tuple[int, int] = (4, 1)
     down: tuple[int, int, int] = (4, 8, 1)
-    other: tuple[int, int, int] = (2, 2, 1)  # any other linear (the per-linear mode)
+    other: tuple[int, int, int] = (8, 5, 1)  # any other linear (the per-linear mode)
 
 
 DEFAULT_SPLITS = DecodeSplits()
