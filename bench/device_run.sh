@@ -5,7 +5,7 @@
 #                                             outlives this call while the machine is held)
 #   bash bench/device_run.sh poll SECONDS     wait up to SECONDS for it to finish; copy its JSON + log to $OUT
 #   bash bench/device_run.sh kernels          NF4 kernels only (bitsandbytes vs the kit's, random weights), foreground
-#   bash bench/device_run.sh tests [ARGS]     tests/test_nf4_cuda.py on the GPU (KIT_TEST_DEVICE=cuda), incl. `gpu` ones
+#   bash bench/device_run.sh tests [ARGS]     the kernel and decode-loop tests on the GPU (KIT_TEST_DEVICE=cuda), incl. `gpu`
 # Extra arguments after launch/quick/kernels go to bench/gpu_chat.py.
 source bench/device_setup.sh || exit 1
 mode="$1"; shift
@@ -16,7 +16,8 @@ case "$mode" in
   kernels)
     python3 bench/gpu_chat.py --kernels-only --out "$OUT/kernels.json" --work /tmp/kern "$@" 2>&1 | tee "$OUT/kernels.log" | grep -v Warning | cut -c1-400 | tail -40 ;;
   tests)
-    KIT_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider -x tests/test_nf4_cuda.py "$@" 2>&1 | tail -25 ;;
+    KIT_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider tests/test_nf4_cuda.py tests/test_nf4_kernel.py \
+      tests/test_fast_decode.py::test_queued_loop_gives_the_synchronous_loops_tokens "$@" 2>&1 | tail -25 ;;
   launch)
     mkdir -p /tmp/full
     setsid nohup python3 bench/gpu_chat.py --out /tmp/full/gpu_chat.json --work /tmp/gpuchat "$@" > /tmp/full/log 2>&1 < /dev/null &
