@@ -744,9 +744,9 @@ def h200_table(result: dict) -> str:
                          f"**{lay['ours_us']:.1f}** | {lay['ours_gbs']:.0f} | – |")
     pair = (k or {}).get("pair", {})
     if "layer" in pair:
-        lines += ["", "| decode-step launch (out × in) | Triton GEMV µs | CUDA GEMV µs (rows/warp, K splits, "
-                  "blocks/SM) | priced with the norm that reads its partial sums: Triton / CUDA | used | "
-                  "CUDA error vs fp32 ref |", "|---|---|---|---|---|---|"]
+        lines += ["", "| decode-step launch (out × in) | MB read | Triton GEMV µs | CUDA GEMV µs (rows/warp, "
+                  "K splits, blocks/SM) | GB/s | priced with the norm that reads its partial sums: Triton / CUDA | used | "
+                  "CUDA error vs fp32 ref |", "|---|---|---|---|---|---|---|---|"]
         shapes = {"qkv": ("q", "k", "v"), "o": ("o",), "gate_up": ("gate", "up"), "down": ("down",)}
         tri_us = {"qkv": k.get("qkv_fused", {}).get("us"), "gate_up": k.get("gate_up_fused", {}).get("us"),
                   "o": k["shapes"]["o"]["ours_us"], "down": k["shapes"]["down"]["ours_us"]}
@@ -756,14 +756,17 @@ def h200_table(result: dict) -> str:
             dims = (f"{sum(k['shapes'][p_]['n'] for p_ in parts)} × {k['shapes'][parts[0]]['k']}"
                     if name != "gate_up" else f"2 × {k['shapes']['gate']['n']} × {k['shapes']['gate']['k']}")
             err = " / ".join(f"{pair['err'][p_]:.1e}" for p_ in parts)
-            lines.append(f"| {name.replace('_', '|')} {dims} | {tri_us[name]:.1f} | {r['us']:.1f} "
-                         f"({r['best'].replace('_', ', ')}) | {r['triton_us_same_pricing']:.1f} / "
+            mb = sum(k["shapes"][p_]["mbytes"] for p_ in parts)
+            label = {"qkv": "q\\|k\\|v", "o": "o", "gate_up": "gate\\|up", "down": "down"}[name]
+            lines.append(f"| {label} {dims} | {mb:.1f} | {tri_us[name]:.1f} | {r['us']:.1f} "
+                         f"({r['best'].replace('_', ', ')}) | {mb * 1e3 / r['us']:.0f} | "
+                         f"{r['triton_us_same_pricing']:.1f} / "
                          f"{r['pair_us_same_pricing']:.1f} | **{used}** | {err} |")
         lay = pair["layer"]
         lines.append(f"| **one decoder layer's linears as the decode step runs them** (CUDA for "
                      f"{', '.join(lay['linears_on_cuda'])}; {lay['layers_rotated']} layers rotated) | "
-                     f"{lay['triton_us']:.1f} (all Triton) | **{lay['us']:.1f}** ({lay['all_cuda_us']:.1f} all CUDA) "
-                     f"| – | – | – |")
+                     f"{k['layer']['mbytes']} | {lay['triton_us']:.1f} (all Triton) | **{lay['us']:.1f}** "
+                     f"({lay['all_cuda_us']:.1f} all CUDA) | {lay['gbs']:.0f} | – | – | – |")
         if "nvrtc_compile_s" in pair:
             lines += ["", f"The CUDA GEMV is compiled by NVRTC when the decode step is first prepared in a "
                       f"process: **{pair['nvrtc_compile_s']:.1f} s** once (`bench/gpu_chat.py` `pair_bench`)."]

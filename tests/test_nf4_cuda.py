@@ -241,6 +241,21 @@ def test_triton_gemv_can_be_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
     assert dec is not None and dec.pair is None and "triton" in dec.gemv_note, (why, dec and dec.gemv_note)
 
 
+def test_a_model_the_cuda_gemv_does_not_cover_says_why(tiny_nf4_128: torch.nn.Module) -> None:
+    """K of 128 is not whole 1024-element steps: every linear stays on the Triton GEMV, and the note names why."""
+    dec, why = tiny_nf4_128._kit_test_decoder
+    assert dec is not None and dec.pair is None, why
+    assert "does not cover" in dec.gemv_note and "1024" in dec.gemv_note, dec.gemv_note
+
+
+@pytest.fixture(scope="module")
+def tiny_nf4_128() -> torch.nn.Module:
+    from test_nf4_kernel import _nf4_mistral
+
+    return _nf4_mistral(hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=4,
+                        num_key_value_heads=2, head_dim=16)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # the kernel on the GPU (KIT_TEST_DEVICE=cuda)
 # --------------------------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 // Batch-1 NF4 matrix-vector products for the decode step, in CUDA C++: two weights per shared-memory load.
 //
-// Why not Triton (magistral_kit/model/nf4_kernel.py holds the Triton GEMV this replaces on CUDA): that kernel is
-// bound by the SM's L1 data pipe, three quarters of whose work is its one-shuffle-per-weight NF4 lookup
-// (bench/GPU.md, bench/nf4_ncu.py). Triton cannot lay out a shared-memory table; this kernel does:
+// Why not Triton (magistral_kit/model/nf4_kernel.py holds the Triton GEMV; the decode step uses this kernel where
+// the bench measured it faster: the large gate|up and down launches): that kernel is bound by the SM's L1 data
+// pipe, three quarters of whose work is its one-shuffle-per-weight NF4 lookup (bench/GPU.md, bench/nf4_ncu.py).
+// Triton cannot lay out a shared-memory table; this kernel does:
 //  * the table holds, for each of the 256 byte values, the two NF4 values it encodes as half2, once per
 //    shared-memory bank (entry of byte b for lane l at byte b * 256 + l * 4): a warp's 32 lookups never conflict,
 //    and one load decodes two weights;
@@ -10,10 +11,10 @@
 //    the packed weight byte and lane * 4;
 //  * each lane's 16 pairs per row and 1,024-element step are summed by HFMA2 in half precision (two
 //    accumulators, even and odd bytes), then scaled by the double-quantized absmax and added in float32.
-// magistral_kit/model/nf4_cuda.py compiles this file (nvcc), launches it, and holds `reference`, the same
-// arithmetic in numpy, operation for operation, which CI checks on the CPU; the GPU tests check this kernel
-// against it bit for bit. The float32 steps use __fmul_rn / __fadd_rn so that no multiply-add is contracted
-// into an FMA the reference would have to guess.
+// magistral_kit/model/nf4_cuda.py compiles this file (NVRTC), launches it, and holds `reference_gemv` /
+// `reference_gate_up`, the same arithmetic in numpy, operation for operation, which CI checks on the CPU; the GPU
+// tests check this kernel against it bit for bit. The float32 steps use __fmul_rn / __fadd_rn so that no
+// multiply-add is contracted into an FMA the reference would have to guess.
 //
 // Half precision has a smaller range than the bf16 activations: each warp first finds max |x| over the K range
 // it reads and, when that is 2^XMAX_EXP or more, scales x down by a power of two (exact) before converting it to
