@@ -615,6 +615,8 @@ first("gate_up", lambda: nk.nf4_gate_up_launch(x, *nk._flat([W["gate"], W["up"]]
 act = torch.randn(inter, device=dev).to(torch.bfloat16)
 first("gemv down", lambda: nk.nf4_gemv_launch(act, *nk._flat([W["down"]]), code, W["down"].code2, [64], inter,
       sp["down"][1], sp["down"][0], sp["down"][2], L["down"]))
+from magistral_kit.model import nf4_cuda as nc
+first("CUDA GEMV: NVRTC compile + module load", lambda: nc.load(dev))
 print("COLD_JIT " + json.dumps(t))
 '''
 
@@ -794,8 +796,9 @@ def h200_table(result: dict) -> str:
     cold = result.get("cold_jit")
     if isinstance(cold, dict) and "per_kernel_s" in cold:
         parts = ", ".join(f"{k_} {v_:.1f} s" for k_, v_ in cold["per_kernel_s"].items())
-        lines += ["", f"First turn on a fresh machine: the kit kernels' Triton JIT, timed in a fresh process with an "
-                  f"empty Triton cache, costs **{cold['jit_total_s']:.1f} s** once ({parts}); the first call's "
+        lines += ["", f"First turn on a fresh machine: the kit kernels' first calls (Triton's JIT, and NVRTC for the "
+                  f"CUDA GEMV), timed in a fresh process with an empty Triton cache, cost "
+                  f"**{cold['jit_total_s']:.1f} s** once ({parts}); the first call's "
                   "capture / compile in the first table ran with the kernels already compiled in the process."]
     fast, plain = result.get("chat_fast_turn_s_median"), result.get("chat_plain_turn_s_median")
     if fast is not None:
@@ -1000,7 +1003,8 @@ def fast_stages(args: Any, model: Any, cfg: Any, work: Path, runs: int, new_dec:
             if "launch_best" in kb.get("pair", {}):
                 from magistral_kit.model import nf4_cuda as nc
 
-                nc.DEFAULT_LAUNCH = nc.PairLaunch(**{k_: tuple(v_) for k_, v_ in kb["pair"]["launch_best"].items()})
+                nc.DEFAULT_LAUNCH = nc.PairLaunch(**{k_: None if v_ is None else tuple(v_)
+                                                     for k_, v_ in kb["pair"]["launch_best"].items()})
             log("cold_jit", cold_jit(nk.DEFAULT_SPLITS))
         except Exception as exc:
             import traceback
