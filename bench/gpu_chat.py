@@ -479,10 +479,7 @@ def pair_bench(lins: dict[str, list[_QLin]], triton: dict[str, Any], quick: bool
     ko = LINEAR_SHAPES["o"][1]
     xs = {k_: nk.lane_order((torch.randn(k_, device=DEV, generator=g) * 0.5).to(torch.bfloat16))
           for k_ in {hid, ko, inter}}
-    t0 = time.perf_counter()
-    nc.compile_cubin(kern.arch)  # what loading the kernels costs a fresh process once (NVRTC, no cache)
-    out: dict[str, Any] = {"cubin_bytes": len(kern.cubin), "sms": kern.sms, "err": {},
-                           "nvrtc_compile_s": round(time.perf_counter() - t0, 2)}
+    out: dict[str, Any] = {"cubin_bytes": len(kern.cubin), "sms": kern.sms, "err": {}}
     for name, (n, k) in LINEAR_SHAPES.items():
         q0 = lins[name][0].weight
         x = xs[k]
@@ -769,9 +766,6 @@ def h200_table(result: dict) -> str:
                      f"{', '.join(lay['linears_on_cuda'])}; {lay['layers_rotated']} layers rotated) | "
                      f"{k['layer']['mbytes']} | {lay['triton_us']:.1f} (all Triton) | **{lay['us']:.1f}** "
                      f"({lay['all_cuda_us']:.1f} all CUDA) | {lay['gbs']:.0f} | – | – | – |")
-        if "nvrtc_compile_s" in pair:
-            lines += ["", f"The CUDA GEMV is compiled by NVRTC when the decode step is first prepared in a "
-                      f"process: **{pair['nvrtc_compile_s']:.1f} s** once (`bench/gpu_chat.py` `pair_bench`)."]
     profs = [(label, result[key]) for key, label in (("profile_graph_8k", "kit kernels"),
                                                       ("profile_compiled_8k", "kit kernels, compiled"),
                                                       ("profile_bnb_graph_8k", "bitsandbytes"))

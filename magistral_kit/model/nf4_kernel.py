@@ -604,7 +604,7 @@ class DecodeSplits:
     bench/gpu_chat.py sweeps these on the GPU and records the best; the defaults are its choice for the
     Magistral shape on the H200."""
 
-    qkv: tuple[int, int, int] = (2, 3, 1)
+    qkv: tuple[int, int, int] = (4, 2, 1)
     o: tuple[int, int, int] = (4, 2, 1)
     gate_up: tuple[int, int] = (4, 1)
     down: tuple[int, int, int] = (4, 8, 1)
