@@ -39,9 +39,8 @@ are rounded to bf16 where transformers rounds them); sums are float32, and the N
 """
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import torch
@@ -801,7 +800,7 @@ def _pair_kernels(lay: _Layer, dev: torch.device) -> tuple[Any, Any, str]:
         why = nf4_cuda.supports(k, split) or (f"{lay.gate.n} outputs are not whole {STEP}-element steps"
                                               if name == "gate_up" and lay.gate.n % STEP else "")
         if why and getattr(launch, name) is not None:
-            launch = dataclasses.replace(launch, **{name: None})
+            launch = replace(launch, **{name: None})
             declined.append(f"{name}: {why}")
     used = [name for name in ("qkv", "o", "gate_up", "down") if getattr(launch, name) is not None]
     if not used:
