@@ -252,6 +252,40 @@ def pick(v: str, order: bool = False) -> tuple[int, ...]:
     return (br, sp, w) if order else (br, w, sp)
 
 
+def triton_launches(ws: dict[str, list[Any]], sb: Any, code: torch.Tensor,
+                    inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The decode step's four Triton launches (qkv, o, gate_up, down) as functions of a layer index (weights
+    rotated over ``ws``), launched as KitDecoder launches them with launch shapes ``sb``: each input (given in
+    lane order) stays in lane order where the launch's K splits allow it, else is put back in natural order once,
+    here, outside the timed calls."""
+    from magistral_kit.model import nf4_kernel as nk
+
+    def rot(name: str, i: int) -> Any:
+        return ws[name][i % len(ws[name])]
+
+    lanes = {"qkv": nk.lane_order_applies(inputs["qkv"].numel(), sb.qkv[1]),
+             "o": nk.lane_order_applies(inputs["o"].numel(), sb.o[1]), "gate_up": True,
+             "down": nk.lane_order_applies(inputs["down"].numel(), sb.down[1])}
+    x = {name: v if lanes[name] else nk.natural_order(v).contiguous() for name, v in inputs.items()}
+
+    def gemv(name: str, parts: tuple[str, ...]) -> Any:
+        rows, split, warps = getattr(sb, name)
+
+        def call(i: int) -> Any:
+            wl = [rot(p_, i) for p_ in parts]
+            return nk.nf4_gemv_launch(x[name], *nk._flat(wl), code, wl[0].code2, [w.n for w in wl], wl[0].k, split,
+                                      rows, warps, lanes[name])
+        return call
+
+    def gate_up(i: int) -> Any:
+        g, u = rot("gate", i), rot("up", i)
+        return nk.nf4_gate_up_launch(x["gate_up"], *nk._flat([g, u]), code, g.code2, g.n, g.k, sb.gate_up[0],
+                                     sb.gate_up[1], True, lanes["down"])
+
+    return {"qkv": gemv("qkv", ("q", "k", "v")), "o": gemv("o", ("o",)), "gate_up": gate_up,
+            "down": gemv("down", ("down",))}
+
+
 def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str, Any]:
     """µs and GB/s per shape for bnb and for each launch shape of the kit kernel; errors vs an fp32 reference."""
     import bitsandbytes as bnb
@@ -406,31 +440,18 @@ def kernel_bench(lins: dict[str, list[_QLin]], quick: bool = False) -> dict[str,
     # one decoder layer's linears, measured as a sequence over rotating weights
     nl = max(len(v) for v in lins.values()) if len(lins["gate"]) >= 8 else 8
     nl = min(nl, 40)
-    seq_bnb, seq_ours = [], []
-    sb = splits_best
+    seq_bnb = []
     for i in range(nl):
         pick_w = {nm: lins[nm][i % len(lins[nm])].weight for nm in LINEAR_SHAPES}
-        pw = {nm: ws[nm][i % len(ws[nm])] for nm in LINEAR_SHAPES}
         for nm in LINEAR_SHAPES:
             xin = x5 if nm not in ("o", "down") else torch.full((LINEAR_SHAPES[nm][1],), 0.01, device=DEV,
                                                                   dtype=torch.bfloat16)
             seq_bnb.append(lambda q=pick_w[nm], xin=xin: bnb.matmul_4bit(xin.view(1, -1), q.t(),
                                                                           quant_state=q.quant_state))
-        att = torch.full((LINEAR_SHAPES["o"][1],), 0.01, device=DEV, dtype=torch.bfloat16)
-        act = torch.full((inter,), 0.01, device=DEV, dtype=torch.bfloat16)
-        lo = {"qkv": nk.lane_order_applies(hid, sb.qkv[1]),  # as the decode step hands them (KitDecoder.lanes)
-              "o": nk.lane_order_applies(LINEAR_SHAPES["o"][1], sb.o[1]),
-              "down": nk.lane_order_applies(inter, sb.down[1])}
-        seq_ours += [
-            lambda p=pw: nk.nf4_gemv_launch(x5l if lo["qkv"] else x5, *nk._flat([p["q"], p["k"], p["v"]]), code,
-                                            p["q"].code2, [nq_, nk_, nk_], hid, sb.qkv[1], sb.qkv[0], sb.qkv[2],
-                                            lo["qkv"]),
-            lambda p=pw: nk.nf4_gemv_launch(att, *nk._flat([p["o"]]), code, p["o"].code2, [hid], LINEAR_SHAPES["o"][1],
-                                            sb.o[1], sb.o[0], sb.o[2], lo["o"]),
-            lambda p=pw: nk.nf4_gate_up_launch(x5l, *nk._flat([p["gate"], p["up"]]), code, p["gate"].code2, inter,
-                                               hid, sb.gate_up[0], sb.gate_up[1], True, lo["down"]),
-            lambda p=pw: nk.nf4_gemv_launch(act, *nk._flat([p["down"]]), code, p["down"].code2, [hid], inter,
-                                            sb.down[1], sb.down[0], sb.down[2], lo["down"])]
+    att = torch.full((LINEAR_SHAPES["o"][1],), 0.01, device=DEV, dtype=torch.bfloat16)
+    act = torch.full((inter,), 0.01, device=DEV, dtype=torch.bfloat16)
+    calls = triton_launches(ws, splits_best, code, {"qkv": x5l, "o": att, "gate_up": x5l, "down": act})
+    seq_ours = [(lambda i=i, c=c: c(i)) for i in range(nl) for c in calls.values()]
     bnb_layer = graph_us(seq_bnb) * 7
     ours_layer = graph_us(seq_ours) * 4
     layer_bytes = sum(nf4_bytes(n, k) for n, k in LINEAR_SHAPES.values())
@@ -475,7 +496,7 @@ def pair_bench(lins: dict[str, list[_QLin]], triton: dict[str, Any], quick: bool
         return {"error": why}
     ws = {name: [nk.nf4_weight(q)[0] for q in lst] for name, lst in lins.items()}
     g = torch.Generator(device=DEV).manual_seed(1)
-    (nq_, hid), nkv_, inter = LINEAR_SHAPES["q"], LINEAR_SHAPES["k"][0], LINEAR_SHAPES["gate"][0]
+    hid, inter = LINEAR_SHAPES["q"][1], LINEAR_SHAPES["gate"][0]
     ko = LINEAR_SHAPES["o"][1]
     xs = {k_: nk.lane_order((torch.randn(k_, device=DEV, generator=g) * 0.5).to(torch.bfloat16))
           for k_ in {hid, ko, inter}}
@@ -483,8 +504,7 @@ def pair_bench(lins: dict[str, list[_QLin]], triton: dict[str, Any], quick: bool
     for name, (n, k) in LINEAR_SHAPES.items():
         q0 = lins[name][0].weight
         x = xs[k]
-        xn = x.reshape(-1, 4, 32, 8).transpose(1, 2).reshape(-1)  # back to natural order, for the reference
-        ref = bnbf.dequantize_4bit(q0, q0.quant_state).float() @ xn.float()
+        ref = bnbf.dequantize_4bit(q0, q0.quant_state).float() @ nk.natural_order(x).float()
         mine = kern.gemv(x, [ws[name][0]], 1 if k % 2048 else 2, 4, 2).sum(0)
         out["err"][name] = round(float((mine - ref).abs().max()) / float(ref.abs().max()), 5)
     nl = min(40, max(len(v) for v in ws.values()))
@@ -531,26 +551,15 @@ def pair_bench(lins: dict[str, list[_QLin]], triton: dict[str, Any], quick: bool
         log(f"kernel_pair_{name}", {k_: v_ for k_, v_ in out[name].items() if k_ != "variants"})
     out["launch_best"] = best
     sb = nk.DecodeSplits(**{k_: tuple(v_) for k_, v_ in triton["splits_best"].items()})
-    code = nk._code_table(torch.device(DEV))
-
-    def triton_call(name: str, i: int) -> Any:
-        rows_, split_, warps_ = getattr(sb, name)
-        if name == "qkv":
-            ws_ = [rot("q", i), rot("k", i), rot("v", i)]
-            x_ = xs[hid] if nk.lane_order_applies(hid, split_) else xs[hid].reshape(-1, 4, 32, 8).transpose(1, 2)
-        else:
-            ws_ = [rot("o", i)]
-            x_ = xs[ko] if nk.lane_order_applies(ko, split_) else xs[ko].reshape(-1, 4, 32, 8).transpose(1, 2)
-        return nk.nf4_gemv_launch(x_.reshape(-1).contiguous(), *nk._flat(ws_), code, ws_[0].code2,
-                                  [w_.n for w_ in ws_], ws_[0].k, split_, rows_, warps_,
-                                  nk.lane_order_applies(ws_[0].k, split_))
+    triton_calls = triton_launches(ws, sb, nk._code_table(torch.device(DEV)),
+                                   {"qkv": xs[hid], "o": xs[ko], "gate_up": xs[hid], "down": xs[inter]})
 
     def layer_us(choice: dict[str, Any]) -> float:
         seq = []
         for i in range(nl):
             for name, (_, _, call) in launches.items():
                 if choice[name] is None:
-                    seq.append(lambda i=i, name=name: triton_call(name, i))
+                    seq.append(lambda i=i, c=triton_calls[name]: c(i))
                     continue
                 r, *rest = choice[name]
                 sp, b = (1, rest[0]) if name == "gate_up" else rest

@@ -27,12 +27,12 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from magistral_kit.model.nf4_kernel import NF4_CODE, STEP, NF4Weight, lane_order
+from magistral_kit.model.nf4_kernel import NF4_CODE, STEP, NF4Weight, lane_order, natural_order
 
 SOURCE = Path(__file__).with_name("nf4_pair.cu")
 XMAX_EXP = 12  # as in nf4_pair.cu: x is scaled down by a power of two when max |x| reaches 2^XMAX_EXP
@@ -153,8 +153,7 @@ class PairKernels:
         with torch.cuda.device(self.device):
             torch.empty(1, device=self.device)  # torch's primary context, current on this thread
             major, minor = torch.cuda.get_device_capability(self.device)
-            self.arch = major * 10 + minor
-            self.cubin = compile_cubin(self.arch)
+            self.cubin = compile_cubin(major * 10 + minor)
             self.sms = torch.cuda.get_device_properties(self.device).multi_processor_count
             self._cu = ctypes.CDLL("libcuda.so.1")
             self._cu.cuLaunchKernel.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 7 + [
@@ -180,10 +179,12 @@ class PairKernels:
         """float32 partial sums ``[split, sum of rows]`` of ``x @ W_i^T`` for up to 3 NF4 weights sharing x (bf16,
         lane order)."""
         k = ws[0].k
-        why = supports(k, split) or ("" if 1 <= len(ws) <= 3 and rows in GEMV_ROWS else "1 to 3 weights, rows "
-                                     f"per warp in {GEMV_ROWS}")
-        if why or x.numel() != k or x.dtype != torch.bfloat16 or any(w.k != k for w in ws):
-            raise ValueError(why or "x must be a bf16 vector of the weights' common in_features")
+        if not 1 <= len(ws) <= 3 or rows not in GEMV_ROWS:
+            raise ValueError(f"1 to 3 weights and rows per warp in {GEMV_ROWS}, got {len(ws)} and {rows}")
+        if supports(k, split):
+            raise ValueError(supports(k, split))
+        if x.numel() != k or x.dtype != torch.bfloat16 or any(w.k != k for w in ws):
+            raise ValueError("x must be a bf16 vector of the weights' common in_features")
         n_total = sum(w.n for w in ws)
         out = torch.empty((split, n_total), dtype=torch.float32, device=x.device)
         groups = -(-n_total // rows)
@@ -194,11 +195,14 @@ class PairKernels:
     def gate_up(self, x: torch.Tensor, gate: NF4Weight, up: NF4Weight, rows: int = 4, blocks_per_sm: int = 2,
                 lane_out: bool = False) -> torch.Tensor:
         """bf16 ``silu(x @ gate^T) * (x @ up^T)`` (x bf16 in lane order); ``lane_out``: stored in lane order."""
-        why = supports(gate.k, 1) or ("" if rows in GATE_UP_ROWS else f"rows per warp in {GATE_UP_ROWS}")
+        if rows not in GATE_UP_ROWS:
+            raise ValueError(f"rows per warp in {GATE_UP_ROWS}, got {rows}")
+        if supports(gate.k, 1):
+            raise ValueError(supports(gate.k, 1))
         if lane_out and gate.n % STEP:
-            why = f"lane order needs {STEP}-element steps, got {gate.n} outputs"
-        if why or (gate.n, gate.k) != (up.n, up.k) or x.numel() != gate.k or x.dtype != torch.bfloat16:
-            raise ValueError(why or "gate and up must have one shape and x their in_features (bf16)")
+            raise ValueError(f"lane order needs {STEP}-element steps, got {gate.n} outputs")
+        if (gate.n, gate.k) != (up.n, up.k) or x.numel() != gate.k or x.dtype != torch.bfloat16:
+            raise ValueError("gate and up must have one shape and x their in_features (bf16)")
         out = torch.empty((gate.n,), dtype=torch.bfloat16, device=x.device)
         blocks = max(1, min(-(-gate.n // (rows * WARPS)), self.sms * blocks_per_sm))
         self._launch(f"nf4_gate_up_r{rows}", (blocks, 1), _args(x, [gate, up], out, gate.k, lane_out))
@@ -299,7 +303,7 @@ def _hfma(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 def _natural(x_lane: torch.Tensor) -> np.ndarray:
     """bf16 x in lane order -> its bf16 bit patterns (uint32, in the low 16 bits) in natural order."""
-    x = x_lane.detach().cpu().reshape(-1, 4, 32, 8).transpose(1, 2).reshape(-1)
+    x = natural_order(x_lane.detach().cpu())
     return x.view(torch.int16).numpy().astype(np.uint32) & 0xFFFF
 
 

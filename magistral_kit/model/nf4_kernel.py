@@ -341,6 +341,12 @@ def lane_order(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, 32, 4, 8).transpose(1, 2).reshape(-1)
 
 
+def natural_order(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``lane_order``: x back in natural order (the references and natural-order launches)."""
+    _whole_steps(x.numel())
+    return x.reshape(-1, 4, 32, 8).transpose(1, 2).reshape(-1)
+
+
 def _whole_steps(*lengths: int) -> None:
     """Lane order is defined per 1024-element step: refuse a vector that is not whole steps, saying which."""
     if any(n % STEP for n in lengths):
@@ -795,21 +801,25 @@ def _pair_kernels(lay: _Layer, dev: torch.device) -> tuple[Any, Any, str]:
     if os.environ.get(ENV_DISABLE, "").strip().lower() == "triton":
         return None, None, f"Triton GEMV ({ENV_DISABLE}=triton)"
     launch, declined = nf4_cuda.DEFAULT_LAUNCH, []
-    for name, k, split in (("qkv", lay.qkv[0].k, (launch.qkv or (0, 1))[1]), ("o", lay.o.k, (launch.o or (0, 1))[1]),
-                           ("gate_up", lay.gate.k, 1), ("down", lay.down.k, (launch.down or (0, 1))[1])):
-        why = nf4_cuda.supports(k, split) or (f"{lay.gate.n} outputs are not whole {STEP}-element steps"
-                                              if name == "gate_up" and lay.gate.n % STEP else "")
-        if why and getattr(launch, name) is not None:
+    in_features = {"qkv": lay.qkv[0].k, "o": lay.o.k, "gate_up": lay.gate.k, "down": lay.down.k}
+    for name, k in in_features.items():
+        spec = getattr(launch, name)
+        if spec is None:
+            continue
+        why = nf4_cuda.supports(k, 1 if name == "gate_up" else spec[1])
+        if name == "gate_up" and lay.gate.n % STEP:
+            why = f"{lay.gate.n} outputs are not whole {STEP}-element steps"
+        if why:
             launch = replace(launch, **{name: None})
             declined.append(f"{name}: {why}")
-    used = [name for name in ("qkv", "o", "gate_up", "down") if getattr(launch, name) is not None]
+    used = [name for name in in_features if getattr(launch, name) is not None]
     if not used:
         return None, None, "Triton GEMV" + (f" (CUDA GEMV does not cover {'; '.join(declined)})" if declined else "")
     kernels, why = nf4_cuda.load(dev)
     if kernels is None:
         return None, None, f"Triton GEMV ({why})"
     note = f"CUDA GEMV ({nf4_cuda.SOURCE.name}) for {', '.join(used)}"
-    rest = [name for name in ("qkv", "o", "gate_up", "down") if name not in used]
+    rest = [name for name in in_features if name not in used]
     if rest:
         note += f"; Triton GEMV for {', '.join(rest)}" + (f" ({'; '.join(declined)})" if declined else
                                                            " (faster there in the recorded run)")
